@@ -1,0 +1,1 @@
+"""Atalaya services: one package per service, plus the shared runtime and client."""

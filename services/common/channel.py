@@ -1,0 +1,75 @@
+"""Client channels to Atalaya services (and anything else gRPC).
+
+Every channel gets: round_robin over all resolved addresses (use a `dns:///` target
+and a headless Kubernetes Service so each call can go to a different replica),
+retries of UNAVAILABLE through the gRPC service config (transparent, bounded,
+with backoff), keepalive, message size limits, and OpenTelemetry client spans
+that carry the W3C trace context to the server. Deadlines are per call: pass
+`timeout=` on every call (the Python client does)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from pydantic import BaseModel, Field
+
+from services.common.telemetry import client_interceptors
+
+
+class ChannelSettings(BaseModel):
+    """How to reach one upstream service; embedded in a service's settings."""
+
+    model_config = {"frozen": True}
+
+    target: str = Field(description="host:port or dns:///name:port")
+    timeout_s: float = Field(5.0, gt=0, description="Default deadline per call.")
+    max_attempts: int = Field(3, ge=1, le=5, description="Tries per call on UNAVAILABLE.")
+    initial_backoff_s: float = Field(0.05, gt=0)
+    max_backoff_s: float = Field(1.0, gt=0)
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    keepalive_time_s: float = Field(30.0, gt=0)
+
+
+def service_config(settings: ChannelSettings) -> dict[str, Any]:
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if settings.max_attempts > 1:
+        config["methodConfig"] = [
+            {
+                "name": [{}],  # every method of every service on this channel
+                "retryPolicy": {
+                    "maxAttempts": settings.max_attempts,
+                    "initialBackoff": f"{settings.initial_backoff_s}s",
+                    "maxBackoff": f"{settings.max_backoff_s}s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return config
+
+
+def channel_options(settings: ChannelSettings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.service_config", json.dumps(service_config(settings))),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def create_channel(
+    settings: ChannelSettings, *, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """An aio channel to `settings.target`; TLS when `credentials` are given."""
+    options = channel_options(settings)
+    interceptors = client_interceptors()
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            settings.target, credentials, options=options, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(settings.target, options=options, interceptors=interceptors)

@@ -1,0 +1,37 @@
+"""Every span, attribute and metric name Atalaya emits, named once.
+
+GenAI and RPC semantic conventions are used where they exist; `atalaya.*` names
+cover what they do not. Tests and dashboards import these constants too."""
+
+from __future__ import annotations
+
+# --- attributes -------------------------------------------------------------
+RPC_METHOD = "rpc.method"
+RPC_SERVICE = "rpc.service"
+RPC_GRPC_STATUS_CODE = "rpc.grpc.status_code"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+ATALAYA_REQUEST_ID = "atalaya.request_id"
+ATALAYA_BATCH_SIZE = "atalaya.batch.size"
+ATALAYA_TEXT_COUNT = "atalaya.text.count"
+ATALAYA_CONTENT = "atalaya.content"  # only when a service's log_content setting is on
+ATALAYA_MEMORY_K = "atalaya.memory.k"
+ATALAYA_MEMORY_RESULTS = "atalaya.memory.results"
+ATALAYA_MEMORY_QUERY_KIND = "atalaya.memory.query_kind"
+
+# --- spans (domain work inside an RPC; RPC spans come from the gRPC instrumentation)
+SPAN_EMBED_BATCH = "embedding.batch"
+SPAN_MEMORY_RECALL = "memory.Recall"
+SPAN_MEMORY_REMEMBER = "memory.Remember"
+SPAN_MEMORY_EMBED = "memory.embed"
+SPAN_MEMORY_SEARCH = "memory.search"
+
+# --- metrics ----------------------------------------------------------------
+METRIC_RPC_SERVER_DURATION = "rpc.server.duration"  # ms, by method and status code
+METRIC_RPC_SERVER_ACTIVE = "atalaya.rpc.server.active_requests"  # in-flight RPCs
+METRIC_EMBED_BATCH_SIZE = "atalaya.embedding.batch.size"  # texts per model call
+METRIC_EMBED_QUEUE_DEPTH = "atalaya.embedding.queue.depth"  # texts waiting for a batch
+METRIC_EMBED_TEXTS = "atalaya.embedding.texts"  # texts embedded
+METRIC_MEMORY_DB_DURATION = "atalaya.memory.db.duration"  # ms per store operation

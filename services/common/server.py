@@ -1,0 +1,191 @@
+"""The grpc.aio server runner every service uses.
+
+A service provides a `Service` (its servicers, start/ready/stop); the runner adds
+grpc.health.v1 (SERVING only while the service says it is ready), reflection,
+message size limits, keepalive, max connection age, OpenTelemetry and the error
+interceptor, and drains in-flight RPCs on SIGTERM within the grace period."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.interceptors import ServiceInterceptor
+from services.common.logging import configure_logging
+from services.common.settings import ServiceSettings, load_settings
+from services.common.telemetry import server_interceptors, setup_telemetry
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Service(abc.ABC):
+    """What a service hands the runner. Dependencies arrive through its constructor."""
+
+    #: Short name ("embedding"), used for logs and telemetry.
+    name: str
+    #: Fully qualified gRPC service names, for health and reflection.
+    grpc_service_names: Sequence[str]
+
+    @abc.abstractmethod
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Register the servicers."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load models, open pools. Runs after the port is bound (health says
+        NOT_SERVING meanwhile); blocking work must go to a thread."""
+
+    async def ready(self) -> bool:
+        """Checked every readiness_interval_s once started; False -> NOT_SERVING."""
+        return True
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Release resources after the server has drained."""
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class ServerRunner:
+    """Owns one grpc.aio server around one Service. Use `serve()` for a process;
+    tests use `running()` to get an in-process server on a free port."""
+
+    def __init__(self, service: Service, settings: ServiceSettings) -> None:
+        self.service = service
+        self.settings = settings
+        self.port = 0
+        self._started = False
+        self._health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(
+            interceptors=[
+                *server_interceptors(),
+                ServiceInterceptor(is_accepting=lambda: self._started),
+            ],
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
+        self._readiness_task: asyncio.Task[None] | None = None
+        self._serving: bool | None = None
+
+    async def start(self) -> int:
+        """Bind, answer health (NOT_SERVING), start the service, then report SERVING."""
+        service = self.service
+        service.add_to_server(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [*service.grpc_service_names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            self._server,
+        )
+        self.port = self._server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind {self.settings.host}:{self.settings.port}")
+        await self._server.start()
+        await self._set_serving(False)
+        log.info("listening", extra={"port": self.port, "host": self.settings.host})
+        await service.start()
+        self._started = True
+        await self._check_ready()
+        self._readiness_task = asyncio.create_task(self._readiness_loop())
+        log.info("started", extra={"port": self.port})
+        return self.port
+
+    async def _set_serving(self, serving: bool) -> None:
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", *self.service.grpc_service_names):
+            await self._health.set(name, status)
+        log.info("health", extra={"status": "SERVING" if serving else "NOT_SERVING"})
+
+    async def _check_ready(self) -> None:
+        try:
+            ok = await self.service.ready()
+        except Exception:
+            log.warning("readiness check failed", exc_info=True)
+            ok = False
+        await self._set_serving(ok)
+
+    async def _readiness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.readiness_interval_s)
+            await self._check_ready()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight RPCs finish within the grace period, release."""
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness_task
+        await self._health.enter_graceful_shutdown()
+        grace = self.settings.grace_period_s if grace is None else grace
+        log.info("draining", extra={"grace_period_s": grace})
+        await self._server.stop(grace)
+        await self.service.stop()
+        log.info("stopped")
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ServerRunner]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop(grace=1.0)
+
+
+async def _serve(build: Callable[[], Service], settings: ServiceSettings) -> None:
+    runner = ServerRunner(build(), settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(runner.start())
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting in done:
+        starting.result()  # a failed start ends the process with its error
+        await stopping
+    else:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+    await runner.stop()
+
+
+def run_service(name: str, settings_cls: type[S], build: Callable[[S], Service]) -> None:
+    """The whole life of a service process: read settings, set up logs and
+    telemetry, build the service, serve until SIGTERM/SIGINT, drain, flush."""
+    settings = load_settings(settings_cls)
+    configure_logging(name, settings.log_level)
+    telemetry = setup_telemetry(name)
+    try:
+        asyncio.run(_serve(lambda: build(settings), settings))
+    except Exception:
+        log.critical("service failed", exc_info=True)
+        raise SystemExit(1) from None
+    finally:
+        telemetry.shutdown()

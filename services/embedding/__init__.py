@@ -1,0 +1,1 @@
+"""Embedding service: texts -> vectors, with server-side dynamic micro-batching."""

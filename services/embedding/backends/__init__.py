@@ -1,0 +1,1 @@
+"""Embedding model backends behind one small interface (base.EmbeddingBackend)."""
