@@ -42,15 +42,18 @@ def generate(out_dir: Path) -> None:
         f"--mypy_grpc_out={out_dir}",
         *files,
     ]
-    done = subprocess.run(cmd, cwd=PROTO_ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        cmd, cwd=PROTO_ROOT, capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
         raise SystemExit(f"protoc failed with exit code {done.returncode}")
     # Regular packages, so setuptools and mypy find them.
-    for pkg in {p.parent for p in out_dir.rglob("*.py")}:
-        while pkg != out_dir:
+    for module in out_dir.rglob("*.py"):
+        for pkg in module.parents:
+            if pkg == out_dir:
+                break
             (pkg / "__init__.py").touch()
-            pkg = pkg.parent
     (out_dir / "atalaya" / "py.typed").touch()
 
 
@@ -64,9 +67,7 @@ def stale_files(expected: Path, actual: Path) -> list[str]:
     }
     diffs = sorted(str(p) for p in want ^ have)
     diffs += sorted(
-        str(p)
-        for p in want & have
-        if not filecmp.cmp(expected / p, actual / p, shallow=False)
+        str(p) for p in want & have if not filecmp.cmp(expected / p, actual / p, shallow=False)
     )
     return diffs
 

@@ -70,7 +70,9 @@ def setup_telemetry(service: str) -> Telemetry:
     """Install global tracer and meter providers for `service` from OTEL_* env."""
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return Telemetry(None, None)
-    resource = Resource.create({"service.name": f"atalaya-{service}", "service.namespace": "atalaya"})
+    resource = Resource.create(
+        {"service.name": f"atalaya-{service}", "service.namespace": "atalaya"}
+    )
 
     tracer_provider = TracerProvider(resource=resource)
     kind = _exporter_kind("traces")
@@ -114,11 +116,11 @@ def server_interceptors() -> Sequence[Any]:
     """OpenTelemetry's grpc.aio server interceptor (health and reflection untraced)."""
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return [aio_server_interceptor(filter_=_not_telemetry)]
+    return [aio_server_interceptor(filter_=_not_telemetry)]  # type: ignore[no-untyped-call]
 
 
 def client_interceptors() -> Sequence[Any]:
     """OpenTelemetry's grpc.aio client interceptors: a span per call, W3C context out."""
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    return list(aio_client_interceptors(filter_=_not_telemetry))
+    return list(aio_client_interceptors(filter_=_not_telemetry))  # type: ignore[no-untyped-call]

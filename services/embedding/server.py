@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-
 from atalaya.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+
 from services.common.server import Service
 from services.embedding.backends.base import EmbeddingBackend
 from services.embedding.backends.sentence_transformers import SentenceTransformerBackend

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import grpc
-
 from atalaya.common.v1 import common_pb2
 from atalaya.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+
 from services.common.validation import request_id_or_new
 from services.embedding.core import EmbeddingCore
 
@@ -16,7 +16,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     def __init__(self, core: EmbeddingCore) -> None:
         self._core = core
 
-    async def Embed(  # noqa: N802 - gRPC method name
+    async def Embed(
         self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedResponse:
         started = time.perf_counter()

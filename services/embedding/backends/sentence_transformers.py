@@ -66,4 +66,6 @@ class SentenceTransformerBackend(EmbeddingBackend):
         with torch.inference_mode():
             out = model(features)["sentence_embedding"]
         vectors = out.float().cpu().numpy()
-        return Encoded(vectors=np.ascontiguousarray(vectors, dtype=np.float32), token_counts=token_counts)
+        return Encoded(
+            vectors=np.ascontiguousarray(vectors, dtype=np.float32), token_counts=token_counts
+        )

@@ -643,7 +643,7 @@ class RecordFeedbackRequest(_message.Message):
     """Required: the request id of the turn the feedback is about."""
     score: _builtins.float
     """Required, in [0, 1]: 1 is the best answer, 0 the worst (thumbs up = 1,
-    thumbs down = 0).
+    thumbs down = 0). Unset is rejected rather than read as 0.
     """
     comment: _builtins.str
     """Optional, at most 4096 characters."""
@@ -653,14 +653,16 @@ class RecordFeedbackRequest(_message.Message):
         request_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         turn_request_id: _builtins.str = ...,
-        score: _builtins.float = ...,
+        score: _builtins.float | None = ...,
         comment: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "request_id", b"request_id", "score", b"score", "turn_request_id", b"turn_request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "comment", b"comment", "request_id", b"request_id", "score", b"score", "turn_request_id", b"turn_request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
 
 Global___RecordFeedbackRequest: _TypeAlias = RecordFeedbackRequest  # noqa: Y015
 

@@ -76,10 +76,10 @@ class MemoryServiceServicer:
 
     def AppendTurn(self, request, context):
         """Appends one turn (typically the user's message and the assistant's reply) to
-        a session, creating the session on its first turn. Idempotent: appending the
-        same request_id to the same session again returns the stored turn and
-        created=false.
-        FAILED_PRECONDITION the session exists and belongs to another user.
+        a session, creating the session on its first turn. Sessions are scoped by
+        user: two users may use the same session_id without meeting. Idempotent:
+        appending the same request_id to the same session again returns the stored
+        turn and created=false.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +97,8 @@ class MemoryServiceServicer:
     def Remember(self, request, context):
         """Stores long-term memories for a user, embedding their texts through the
         embedding service. Idempotent on (user_id, request_id).
+        FAILED_PRECONDITION the embedding service returns vectors of another
+        dimension than the store was created with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,7 +107,10 @@ class MemoryServiceServicer:
     def Recall(self, request, context):
         """Returns the user's k memories most similar to a query (cosine similarity),
         best first. Approximate (HNSW index) for users with many memories.
-        FAILED_PRECONDITION a query vector's dimension differs from the store's.
+        INVALID_ARGUMENT    also: a query vector's length differs from the store's
+        dimension, or k is outside 1..100.
+        FAILED_PRECONDITION the embedding service returns vectors of another
+        dimension than the store was created with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,10 +50,10 @@ class MemoryServiceStub:
     def __new__(cls, channel: _aio.Channel) -> MemoryServiceAsyncStub: ...
     AppendTurn: _grpc.UnaryUnaryMultiCallable[_memory_pb2.AppendTurnRequest, _memory_pb2.AppendTurnResponse]
     """Appends one turn (typically the user's message and the assistant's reply) to
-    a session, creating the session on its first turn. Idempotent: appending the
-    same request_id to the same session again returns the stored turn and
-    created=false.
-      FAILED_PRECONDITION the session exists and belongs to another user.
+    a session, creating the session on its first turn. Sessions are scoped by
+    user: two users may use the same session_id without meeting. Idempotent:
+    appending the same request_id to the same session again returns the stored
+    turn and created=false.
     """
     GetHistory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetHistoryRequest, _memory_pb2.GetHistoryResponse]
     """Returns the last turns of a session, oldest first.
@@ -63,11 +63,16 @@ class MemoryServiceStub:
     Remember: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RememberRequest, _memory_pb2.RememberResponse]
     """Stores long-term memories for a user, embedding their texts through the
     embedding service. Idempotent on (user_id, request_id).
+      FAILED_PRECONDITION the embedding service returns vectors of another
+                          dimension than the store was created with.
     """
     Recall: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RecallRequest, _memory_pb2.RecallResponse]
     """Returns the user's k memories most similar to a query (cosine similarity),
     best first. Approximate (HNSW index) for users with many memories.
-      FAILED_PRECONDITION a query vector's dimension differs from the store's.
+      INVALID_ARGUMENT    also: a query vector's length differs from the store's
+                          dimension, or k is outside 1..100.
+      FAILED_PRECONDITION the embedding service returns vectors of another
+                          dimension than the store was created with.
     """
     Forget: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]
     """Erases a user (all sessions, turns, memories and feedback) or one session
@@ -87,10 +92,10 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     AppendTurn: _aio.UnaryUnaryMultiCallable[_memory_pb2.AppendTurnRequest, _memory_pb2.AppendTurnResponse]  # type: ignore[assignment]
     """Appends one turn (typically the user's message and the assistant's reply) to
-    a session, creating the session on its first turn. Idempotent: appending the
-    same request_id to the same session again returns the stored turn and
-    created=false.
-      FAILED_PRECONDITION the session exists and belongs to another user.
+    a session, creating the session on its first turn. Sessions are scoped by
+    user: two users may use the same session_id without meeting. Idempotent:
+    appending the same request_id to the same session again returns the stored
+    turn and created=false.
     """
     GetHistory: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetHistoryRequest, _memory_pb2.GetHistoryResponse]  # type: ignore[assignment]
     """Returns the last turns of a session, oldest first.
@@ -100,11 +105,16 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     Remember: _aio.UnaryUnaryMultiCallable[_memory_pb2.RememberRequest, _memory_pb2.RememberResponse]  # type: ignore[assignment]
     """Stores long-term memories for a user, embedding their texts through the
     embedding service. Idempotent on (user_id, request_id).
+      FAILED_PRECONDITION the embedding service returns vectors of another
+                          dimension than the store was created with.
     """
     Recall: _aio.UnaryUnaryMultiCallable[_memory_pb2.RecallRequest, _memory_pb2.RecallResponse]  # type: ignore[assignment]
     """Returns the user's k memories most similar to a query (cosine similarity),
     best first. Approximate (HNSW index) for users with many memories.
-      FAILED_PRECONDITION a query vector's dimension differs from the store's.
+      INVALID_ARGUMENT    also: a query vector's length differs from the store's
+                          dimension, or k is outside 1..100.
+      FAILED_PRECONDITION the embedding service returns vectors of another
+                          dimension than the store was created with.
     """
     Forget: _aio.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]  # type: ignore[assignment]
     """Erases a user (all sessions, turns, memories and feedback) or one session
@@ -127,10 +137,10 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.AppendTurnResponse, _abc.Awaitable[_memory_pb2.AppendTurnResponse]]:
         """Appends one turn (typically the user's message and the assistant's reply) to
-        a session, creating the session on its first turn. Idempotent: appending the
-        same request_id to the same session again returns the stored turn and
-        created=false.
-          FAILED_PRECONDITION the session exists and belongs to another user.
+        a session, creating the session on its first turn. Sessions are scoped by
+        user: two users may use the same session_id without meeting. Idempotent:
+        appending the same request_id to the same session again returns the stored
+        turn and created=false.
         """
 
     @_abc_1.abstractmethod
@@ -152,6 +162,8 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.RememberResponse, _abc.Awaitable[_memory_pb2.RememberResponse]]:
         """Stores long-term memories for a user, embedding their texts through the
         embedding service. Idempotent on (user_id, request_id).
+          FAILED_PRECONDITION the embedding service returns vectors of another
+                              dimension than the store was created with.
         """
 
     @_abc_1.abstractmethod
@@ -162,7 +174,10 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.RecallResponse, _abc.Awaitable[_memory_pb2.RecallResponse]]:
         """Returns the user's k memories most similar to a query (cosine similarity),
         best first. Approximate (HNSW index) for users with many memories.
-          FAILED_PRECONDITION a query vector's dimension differs from the store's.
+          INVALID_ARGUMENT    also: a query vector's length differs from the store's
+                              dimension, or k is outside 1..100.
+          FAILED_PRECONDITION the embedding service returns vectors of another
+                              dimension than the store was created with.
         """
 
     @_abc_1.abstractmethod
