@@ -59,9 +59,12 @@ def test_every_rpc_documents_its_status_codes() -> None:
 
 def test_every_request_carries_a_request_id() -> None:
     from atalaya.embedding.v1 import embedding_pb2
+    from atalaya.gateway.v1 import gateway_pb2
+    from atalaya.generation.v1 import generation_pb2
+    from atalaya.guardrail.v1 import guardrail_pb2
     from atalaya.memory.v1 import memory_pb2
 
-    for module in (embedding_pb2, memory_pb2):
+    for module in (embedding_pb2, memory_pb2, gateway_pb2, generation_pb2, guardrail_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 fields = method.input_type.fields_by_name
