@@ -14,7 +14,7 @@ SERVICES = {"gateway", "guardrail", "generation", "embedding", "memory"}
 
 
 def test_generated_stubs_are_fresh() -> None:
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(
         [sys.executable, str(ROOT / "protos" / "generate.py"), "--check"],
         capture_output=True,
         text=True,

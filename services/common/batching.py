@@ -92,7 +92,8 @@ class MicroBatcher(Generic[In, Out]):
             if not pending.future.done():
                 pending.future.set_exception(Unavailable("server is shutting down"))
         self._queue.clear()
-        self._executor.shutdown(wait=True)
+        # Never block the event loop on a batch still running in the worker thread.
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, items: Sequence[In]) -> tuple[list[Out], BatchTiming]:
         """Results for `items`, in order, once every batch holding them has run."""
@@ -136,6 +137,11 @@ class MicroBatcher(Generic[In, Out]):
                 )
                 if len(outputs) != len(batch):
                     raise RuntimeError(f"compute returned {len(outputs)} for {len(batch)} items")
+            except asyncio.CancelledError:  # closing: the batch's callers must not wait forever
+                for pending, _, _ in owners:
+                    if not pending.future.done():
+                        pending.future.set_exception(Unavailable("server is shutting down"))
+                raise
             except Exception as exc:  # the batch's callers get the error, the worker lives on
                 log.exception("batch failed", extra={"batch_size": len(batch)})
                 for pending, _, _ in owners:

@@ -32,6 +32,11 @@ class ChannelSettings(BaseModel):
     keepalive_time_s: float = Field(30.0, gt=0)
 
 
+def _duration(seconds: float) -> str:
+    """A protobuf JSON Duration ("0.050000000s"): never exponent notation."""
+    return f"{seconds:.9f}s"
+
+
 def service_config(settings: ChannelSettings) -> dict[str, Any]:
     config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
     if settings.max_attempts > 1:
@@ -40,8 +45,8 @@ def service_config(settings: ChannelSettings) -> dict[str, Any]:
                 "name": [{}],  # every method of every service on this channel
                 "retryPolicy": {
                     "maxAttempts": settings.max_attempts,
-                    "initialBackoff": f"{settings.initial_backoff_s}s",
-                    "maxBackoff": f"{settings.max_backoff_s}s",
+                    "initialBackoff": _duration(settings.initial_backoff_s),
+                    "maxBackoff": _duration(settings.max_backoff_s),
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },

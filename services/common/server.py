@@ -106,7 +106,11 @@ class ServerRunner:
         await self._server.start()
         await self._set_serving(False)
         log.info("listening", extra={"port": self.port, "host": self.settings.host})
-        await service.start()
+        try:
+            await service.start()
+        except BaseException:
+            await self._server.stop(0)
+            raise
         self._started = True
         await self._check_ready()
         self._readiness_task = asyncio.create_task(self._readiness_loop())

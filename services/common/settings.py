@@ -61,6 +61,6 @@ def load_settings(cls: type[S]) -> S:
         prefix = cls.model_config.get("env_prefix", "")
         lines = [f"invalid settings for {cls.__name__}:"]
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"])
+            field = "__".join(str(p) for p in err["loc"])  # env_nested_delimiter
             lines.append(f"  {prefix}{field.upper()}: {err['msg']}")
         raise SettingsError("\n".join(lines)) from None

@@ -11,6 +11,14 @@ from services.common.channel import ChannelSettings
 from services.common.settings import ServiceSettings
 
 DEFAULT_PORT = 50055
+EMBEDDING_TARGET = "127.0.0.1:50054"
+
+
+class EmbeddingChannelSettings(ChannelSettings):
+    """The embedding service channel; every field has a default, so one nested
+    variable (ATALAYA_MEMORY_EMBEDDING__TIMEOUT_S=2) keeps the others."""
+
+    target: str = Field(EMBEDDING_TARGET, description="host:port or dns:///name:port")
 
 
 class MemorySettings(ServiceSettings):
@@ -28,8 +36,8 @@ class MemorySettings(ServiceSettings):
     embedded_stop_on_exit: bool = Field(
         True, description="Stop the embedded PostgreSQL when the service stops."
     )
-    embedding: ChannelSettings = Field(
-        default_factory=lambda: ChannelSettings(target="127.0.0.1:50054"),
+    embedding: EmbeddingChannelSettings = Field(
+        default_factory=EmbeddingChannelSettings,
         description="The embedding service (ATALAYA_MEMORY_EMBEDDING__TARGET=...).",
     )
     embedding_dimension: int = Field(

@@ -22,7 +22,9 @@ def main() -> int:
         help="start everything, report, stop (a smoke test of the stack)",
     )
     args = parser.parse_args()
-    supervisor = Supervisor(default_specs(args.state_dir, args.port_offset), pretty=not args.raw_logs)
+    supervisor = Supervisor(
+        default_specs(args.state_dir, args.port_offset), pretty=not args.raw_logs
+    )
     return asyncio.run(supervisor.run(exit_after_start=args.exit_after_start))
 
 

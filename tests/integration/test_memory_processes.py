@@ -36,7 +36,7 @@ async def test_real_model_recall_finds_the_relevant_memory(
         assert len(stored.memory_ids) == 3
         assert stored.usage.input_tokens > 0
         found = await client.recall(user_id="ana", text="food allergies in my family", k=3)
-    assert [m.text for m in found.memories][0] == "My daughter is allergic to peanuts."
+    assert next(m.text for m in found.memories) == "My daughter is allergic to peanuts."
     scores = [m.score for m in found.memories]
     assert scores == sorted(scores, reverse=True)
     assert {"embed", "search"} <= set(found.timing.phases_ms)
@@ -48,7 +48,9 @@ async def test_acknowledged_writes_survive_kill_9(
     memory = memory_proc(fresh_dsn)
     async with MemoryClient.connect(memory.target) as client:
         turn = await client.append_turn(
-            user_id="u", session_id="s", request_id="t-1",
+            user_id="u",
+            session_id="s",
+            request_id="t-1",
             messages=[message("user", "hola"), message("assistant", "¡Hola!")],
         )
         assert turn.created

@@ -18,10 +18,16 @@ def test_stack_starts_all_services_and_stops(tmp_path: Path) -> None:
     offset = free_port() - 50054
     if not 0 < offset + 50054 < 65000:
         offset = 10_000
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(
         [
-            sys.executable, "-m", "services.stack", "--exit-after-start",
-            "--state-dir", str(tmp_path), "--port-offset", str(offset),
+            sys.executable,
+            "-m",
+            "services.stack",
+            "--exit-after-start",
+            "--state-dir",
+            str(tmp_path),
+            "--port-offset",
+            str(offset),
         ],
         capture_output=True,
         text=True,

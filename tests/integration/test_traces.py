@@ -21,8 +21,13 @@ RECALL_RPC = "/atalaya.memory.v1.MemoryService/Recall"
 
 # Which service emits which spans for one Recall by text (drives the assertions).
 EXPECTED_SPANS = {
-    "atalaya-memory": {RECALL_RPC, semconv.SPAN_MEMORY_RECALL, semconv.SPAN_MEMORY_EMBED,
-                       semconv.SPAN_MEMORY_SEARCH, EMBED_RPC},
+    "atalaya-memory": {
+        RECALL_RPC,
+        semconv.SPAN_MEMORY_RECALL,
+        semconv.SPAN_MEMORY_EMBED,
+        semconv.SPAN_MEMORY_SEARCH,
+        EMBED_RPC,
+    },
     "atalaya-embedding": {EMBED_RPC, "embedding.embed"},
 }
 SERVER, CLIENT = 2, 3  # OTLP span kinds
@@ -93,8 +98,11 @@ async def test_recall_is_one_trace_across_memory_and_embedding(
     recall = next(s for s in spans if s.name == semconv.SPAN_MEMORY_RECALL)
     # The embedding process's server span joined the memory process's trace.
     embed_servers = [
-        s for s in spans
-        if s.service == "atalaya-embedding" and s.name == EMBED_RPC and s.kind == SERVER
+        s
+        for s in spans
+        if s.service == "atalaya-embedding"
+        and s.name == EMBED_RPC
+        and s.kind == SERVER
         and s.trace_id == recall.trace_id
     ]
     assert len(embed_servers) == 1

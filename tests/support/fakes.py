@@ -133,7 +133,9 @@ class InMemoryStore(MemoryStore):
         self, user_id: str, query: Vector, k: int, *, exact: bool | None = None
     ) -> list[Recalled]:
         scored = [
-            Recalled(mid, m.text, m.metadata, float(np.dot(v, query)), m.session_id, datetime.now(UTC))
+            Recalled(
+                mid, m.text, m.metadata, float(np.dot(v, query)), m.session_id, datetime.now(UTC)
+            )
             for mid, _, m, v in self.memories.get(user_id, [])
         ]
         return sorted(scored, key=lambda r: r.score, reverse=True)[:k]

@@ -59,7 +59,7 @@ class ServiceProcess:
     def start(self, timeout: float = 120.0) -> ServiceProcess:
         env = {**os.environ, "GRPC_VERBOSITY": "ERROR", **self.env}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()

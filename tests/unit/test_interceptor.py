@@ -1,0 +1,302 @@
+"""The server runner over a real channel: domain errors -> status codes, unknown
+errors -> a generic INTERNAL, health during start and readiness, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.common import errors
+from services.common.interceptors import INTERNAL_MESSAGE, status_for
+from services.common.server import ServerRunner, Service
+from services.common.settings import ServiceSettings
+
+SERVICE = "atalaya.probe.v1.ProbeService"
+RAISE = f"/{SERVICE}/Raise"
+STREAM = f"/{SERVICE}/Stream"
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class SubNotFound(errors.NotFound):
+    """A service-specific refinement of a domain error."""
+
+
+DOMAIN_ERRORS: dict[str, tuple[type[errors.AtalayaError], grpc.StatusCode]] = {
+    "InvalidArgument": (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    "NotFound": (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    "FailedPrecondition": (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    "ResourceExhausted": (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    "Unavailable": (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    "DeadlineExceeded": (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    "Unimplemented": (errors.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
+    "SubNotFound": (SubNotFound, grpc.StatusCode.NOT_FOUND),
+}
+
+
+async def _fail_as(name: str, context: grpc.aio.ServicerContext) -> None:
+    if name == "RuntimeError":
+        raise RuntimeError("secret detail")
+    if name == "Abort":
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted by the handler")
+    cls, _ = DOMAIN_ERRORS[name]
+    raise cls(f"{name}: the limit is 7")
+
+
+async def _raise(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    name = request.decode()
+    if name == "ok":
+        return b"ok"
+    await _fail_as(name, context)
+    raise AssertionError("unreachable")
+
+
+async def _stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    yield b"first"
+    yield b"second"
+    name = request.decode()
+    if name != "ok":
+        await _fail_as(name, context)
+
+
+class ProbeService(Service):
+    """A Service whose start, readiness and handlers the test controls."""
+
+    name = "probe"
+    grpc_service_names = (SERVICE,)
+
+    def __init__(self) -> None:
+        self.start_gate: asyncio.Event | None = None
+        self.is_ready = True
+        self.ready_error: Exception | None = None
+        self.stopped = False
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE,
+                    {
+                        "Raise": grpc.unary_unary_rpc_method_handler(_raise),
+                        "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+                    },
+                ),
+            )
+        )
+
+    async def start(self) -> None:
+        if self.start_gate is not None:
+            await self.start_gate.wait()
+
+    async def ready(self) -> bool:
+        if self.ready_error is not None:
+            raise self.ready_error
+        return self.is_ready
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def probe_settings() -> ServiceSettings:
+    return ServiceSettings(port=0, readiness_interval_s=0.05, grace_period_s=1.0)
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition never became true")
+        await asyncio.sleep(0.02)
+
+
+async def health(channel: grpc.aio.Channel, service: str = "") -> int:
+    response = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=5, wait_for_ready=True
+    )
+    return int(response.status)
+
+
+@pytest.fixture
+async def probe() -> AsyncIterator[tuple[ProbeService, grpc.aio.Channel]]:
+    service = ProbeService()
+    async with (
+        ServerRunner(service, probe_settings()).running() as runner,
+        grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel,
+    ):
+        yield service, channel
+    assert service.stopped
+
+
+@pytest.mark.parametrize("name", sorted(DOMAIN_ERRORS))
+async def test_domain_error_maps_to_its_code_with_its_message(
+    probe: tuple[ProbeService, grpc.aio.Channel], name: str
+) -> None:
+    _, channel = probe
+    _, code = DOMAIN_ERRORS[name]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(RAISE)(name.encode(), timeout=5)
+    assert info.value.code() == code
+    assert info.value.details() == f"{name}: the limit is 7"
+
+
+async def test_unknown_error_is_internal_without_its_details(
+    probe: tuple[ProbeService, grpc.aio.Channel],
+) -> None:
+    _, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(RAISE)(b"RuntimeError", timeout=5)
+    err = info.value
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert err.details() == "internal error" == INTERNAL_MESSAGE
+    assert "secret detail" not in str(err)
+    assert all("secret detail" not in str(v) for _, v in err.trailing_metadata() or ())
+
+
+async def test_a_handlers_own_abort_passes_through(
+    probe: tuple[ProbeService, grpc.aio.Channel],
+) -> None:
+    _, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(RAISE)(b"Abort", timeout=5)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert info.value.details() == "aborted by the handler"
+
+
+async def test_success_passes_through(probe: tuple[ProbeService, grpc.aio.Channel]) -> None:
+    _, channel = probe
+    assert await channel.unary_unary(RAISE)(b"ok", timeout=5) == b"ok"
+    received = [item async for item in channel.unary_stream(STREAM)(b"ok", timeout=5)]
+    assert received == [b"first", b"second"]
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "details"),
+    [
+        ("InvalidArgument", grpc.StatusCode.INVALID_ARGUMENT, "InvalidArgument: the limit is 7"),
+        ("Unavailable", grpc.StatusCode.UNAVAILABLE, "Unavailable: the limit is 7"),
+        ("RuntimeError", grpc.StatusCode.INTERNAL, "internal error"),
+    ],
+)
+async def test_a_stream_failing_midway_delivers_its_items_then_the_status(
+    probe: tuple[ProbeService, grpc.aio.Channel],
+    name: str,
+    code: grpc.StatusCode,
+    details: str,
+) -> None:
+    _, channel = probe
+    call = channel.unary_stream(STREAM)(name.encode(), timeout=5)
+    received: list[bytes] = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for item in call:
+            received.append(item)
+    assert received == [b"first", b"second"]
+    assert info.value.code() == code
+    assert info.value.details() == details
+    assert "secret detail" not in str(info.value)
+
+
+def test_status_for_follows_the_class_hierarchy() -> None:
+    assert status_for(SubNotFound("x")) == grpc.StatusCode.NOT_FOUND
+    assert status_for(errors.AtalayaError("x")) == grpc.StatusCode.INTERNAL
+
+
+async def test_health_is_not_serving_and_rpcs_are_refused_while_starting() -> None:
+    service = ProbeService()
+    service.start_gate = asyncio.Event()
+    runner = ServerRunner(service, probe_settings())
+    starting = asyncio.create_task(runner.start())
+    try:
+
+        async def bound() -> bool:
+            return runner.port != 0
+
+        await eventually(bound)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel:
+            assert await health(channel) == NOT_SERVING
+            assert await health(channel, SERVICE) == NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await channel.unary_unary(RAISE)(b"ok", timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert info.value.details() == "service is starting"
+            assert not starting.done()
+
+            service.start_gate.set()
+            assert await starting == runner.port
+
+            assert await health(channel) == SERVING
+            assert await health(channel, SERVICE) == SERVING
+            assert await channel.unary_unary(RAISE)(b"ok", timeout=5) == b"ok"
+    finally:
+        if service.start_gate is not None:
+            service.start_gate.set()
+        await starting
+        await runner.stop(grace=0.5)
+
+
+async def test_health_follows_readiness(probe: tuple[ProbeService, grpc.aio.Channel]) -> None:
+    service, channel = probe
+    assert await health(channel) == SERVING
+
+    service.is_ready = False
+
+    async def not_serving() -> bool:
+        return await health(channel) == NOT_SERVING
+
+    await eventually(not_serving)
+    assert await health(channel, SERVICE) == NOT_SERVING
+
+    service.is_ready = True
+
+    async def serving() -> bool:
+        return await health(channel) == SERVING
+
+    await eventually(serving)
+    assert await health(channel, SERVICE) == SERVING
+
+
+async def test_a_failing_readiness_check_means_not_serving(
+    probe: tuple[ProbeService, grpc.aio.Channel],
+) -> None:
+    service, channel = probe
+    assert await health(channel) == SERVING
+    service.ready_error = RuntimeError("database went away")
+
+    async def not_serving() -> bool:
+        return await health(channel) == NOT_SERVING
+
+    await eventually(not_serving)
+    service.ready_error = None
+
+    async def serving() -> bool:
+        return await health(channel) == SERVING
+
+    await eventually(serving)
+
+
+async def test_health_for_an_unknown_service_is_not_found(
+    probe: tuple[ProbeService, grpc.aio.Channel],
+) -> None:
+    _, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await health(channel, "atalaya.nope.v1.Nope")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_lists_the_service(probe: tuple[ProbeService, grpc.aio.Channel]) -> None:
+    _, channel = probe
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
+    names = [s.name async for response in call for s in response.list_services_response.service]
+    assert SERVICE in names
+    assert "grpc.health.v1.Health" in names
+    assert "grpc.reflection.v1alpha.ServerReflection" in names
