@@ -1,21 +1,23 @@
 """Dynamic micro-batching: concurrent callers' items are coalesced into batches for
-one compute function that runs in a worker thread, so the event loop never blocks.
+one compute function that runs on a dedicated worker thread, so the event loop
+never blocks and the model never waits for the event loop.
 
-A batch starts as soon as the worker is free and either `max_batch` items wait or
-the oldest has waited `max_wait_s`. Items that arrive while a batch computes form
-the next one at once. A caller's items may span batches; its future completes when
-all of them are done. `max_queued` bounds the items waiting: beyond it, submit
-raises ResourceExhausted (backpressure instead of an unbounded pile-up)."""
+The worker thread takes batches straight from a locked queue: a batch starts as
+soon as the previous one is done and either `max_batch` items wait or the oldest
+has waited `max_wait_s`. Items that arrive while a batch computes form the next one
+at once. A caller's items may span batches; its future completes (on the event
+loop) when all of them are done. `max_queued` bounds the items waiting: beyond it,
+submit raises ResourceExhausted (backpressure instead of an unbounded pile-up)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
@@ -38,7 +40,8 @@ class _Pending(Generic[In, Out]):
     items: Sequence[In]
     future: asyncio.Future[tuple[list[Out], BatchTiming]]
     enqueued: float
-    taken: int = 0  # items handed to a batch so far
+    taken: int = 0  # items handed to a batch so far (worker thread, under the lock)
+    finished: bool = False  # failed or cancelled: skip its remaining items
     results: list[Out | None] = field(default_factory=list)
     done_count: int = 0
     last_batch_start: float = 0.0
@@ -46,6 +49,9 @@ class _Pending(Generic[In, Out]):
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.items)
+
+
+_Owners = list[tuple[_Pending[In, Out], int, int]]
 
 
 class MicroBatcher(Generic[In, Out]):
@@ -69,9 +75,9 @@ class MicroBatcher(Generic[In, Out]):
         self._on_batch = on_batch
         self._queue: deque[_Pending[In, Out]] = deque()
         self._queued_items = 0
-        self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
-        self._worker: asyncio.Task[None] | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     @property
@@ -79,99 +85,104 @@ class MicroBatcher(Generic[In, Out]):
         return self._queued_items
 
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._run(), name="micro-batcher")
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._run, name="batch-worker", daemon=True)
+            self._thread.start()
 
     async def close(self) -> None:
-        self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(Unavailable("server is shutting down"))
-        self._queue.clear()
-        # Never block the event loop on a batch still running in the worker thread.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._cond:
+            self._closed = True
+            waiting = list(self._queue)
+            self._queue.clear()
+            self._queued_items = 0
+            self._cond.notify_all()
+        for pending in waiting:
+            self._fail(pending, Unavailable("server is shutting down"))
+        if self._thread is not None:
+            # A batch still computing finishes on its own; its callers are failed by
+            # the worker when it sees the batcher closed. Never block the loop on it.
+            await asyncio.to_thread(self._thread.join, 30.0)
 
     async def submit(self, items: Sequence[In]) -> tuple[list[Out], BatchTiming]:
         """Results for `items`, in order, once every batch holding them has run."""
-        if self._closed or self._worker is None:
+        if self._closed or self._thread is None:
             raise Unavailable("batcher is not running")
         if not items:
             return [], BatchTiming(0.0, 0.0)
-        if self._queued_items + len(items) > self._max_queued:
-            raise ResourceExhausted(
-                f"queue full ({self._queued_items} items waiting, limit {self._max_queued})"
-            )
         loop = asyncio.get_running_loop()
         pending: _Pending[In, Out] = _Pending(items, loop.create_future(), time.perf_counter())
-        self._queue.append(pending)
-        self._queued_items += len(items)
-        self._arrived.set()
+        with self._cond:
+            if self._queued_items + len(items) > self._max_queued:
+                raise ResourceExhausted(
+                    f"queue full ({self._queued_items} items waiting, limit {self._max_queued})"
+                )
+            self._queue.append(pending)
+            self._queued_items += len(items)
+            self._cond.notify()
         try:
             return await pending.future
         except asyncio.CancelledError:
             # The caller went away: drop whatever was not handed to a batch yet.
-            if pending in self._queue:
-                self._queue.remove(pending)
-                self._queued_items -= len(items) - pending.taken
+            with self._cond:
+                pending.finished = True
+                if pending in self._queue:
+                    self._queue.remove(pending)
+                    self._queued_items -= len(items) - pending.taken
             raise
 
-    async def _run(self) -> None:
+    # --- worker thread -------------------------------------------------------
+
+    def _run(self) -> None:
         while True:
-            while not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-            await self._wait_for_fill()
-            batch, owners = self._take()
+            with self._cond:
+                batch, owners = self._next_batch()
+            if batch is None:
+                return
             if not batch:
                 continue
             started = time.perf_counter()
             for pending, _, _ in owners:
                 pending.last_batch_start = started
             try:
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._compute, batch
-                )
+                outputs = self._compute(batch)
                 if len(outputs) != len(batch):
                     raise RuntimeError(f"compute returned {len(outputs)} for {len(batch)} items")
-            except asyncio.CancelledError:  # closing: the batch's callers must not wait forever
-                for pending, _, _ in owners:
-                    if not pending.future.done():
-                        pending.future.set_exception(Unavailable("server is shutting down"))
-                raise
             except Exception as exc:  # the batch's callers get the error, the worker lives on
                 log.exception("batch failed", extra={"batch_size": len(batch)})
-                for pending, _, _ in owners:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                with self._cond:  # their remaining items must not be computed
+                    for pending, _, _ in owners:
+                        pending.finished = True
+                self._call_soon(self._fail_all, owners, exc)
                 continue
             elapsed = time.perf_counter() - started
             if self._on_batch is not None:
                 self._on_batch(len(batch), elapsed)
-            self._distribute(outputs, owners, elapsed)
+            self._call_soon(self._distribute, outputs, owners, elapsed)
 
-    async def _wait_for_fill(self) -> None:
+    def _next_batch(self) -> tuple[list[In] | None, _Owners[In, Out]]:
+        """Under the lock: wait for work, let the batch fill, take it. None: closed."""
+        while not self._queue and not self._closed:
+            self._cond.wait()
+        if self._closed:
+            return None, []
         deadline = self._queue[0].enqueued + self._max_wait_s
-        while self._queued_items < self._max_batch:
+        while self._queued_items < self._max_batch and not self._closed:
             remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            if not self._queue:
-                return
+            if remaining <= 0 or not self._queue:
+                break
+            self._cond.wait(remaining)
+        if self._closed:
+            return None, []
+        return self._take()
 
-    def _take(self) -> tuple[list[In], list[tuple[_Pending[In, Out], int, int]]]:
+    def _take(self) -> tuple[list[In], _Owners[In, Out]]:
         """Up to max_batch items from the queue head; owners hold (pending, start, end)."""
         batch: list[In] = []
-        owners: list[tuple[_Pending[In, Out], int, int]] = []
+        owners: _Owners[In, Out] = []
         while self._queue and len(batch) < self._max_batch:
             pending = self._queue[0]
-            if pending.future.done():  # cancelled
+            if pending.finished:
                 self._queue.popleft()
                 self._queued_items -= len(pending.items) - pending.taken
                 continue
@@ -185,12 +196,24 @@ class MicroBatcher(Generic[In, Out]):
                 self._queue.popleft()
         return batch, owners
 
-    def _distribute(
-        self,
-        outputs: list[Out],
-        owners: list[tuple[_Pending[In, Out], int, int]],
-        elapsed: float,
-    ) -> None:
+    def _call_soon(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    # --- event loop ----------------------------------------------------------
+
+    def _fail(self, pending: _Pending[In, Out], exc: Exception) -> None:
+        with self._cond:
+            pending.finished = True
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+    def _fail_all(self, owners: _Owners[In, Out], exc: Exception) -> None:
+        for pending, _, _ in owners:
+            self._fail(pending, exc)
+
+    def _distribute(self, outputs: list[Out], owners: _Owners[In, Out], elapsed: float) -> None:
         offset = 0
         for pending, start, end in owners:
             n = end - start
@@ -198,6 +221,8 @@ class MicroBatcher(Generic[In, Out]):
             offset += n
             pending.done_count += n
             pending.compute_s += elapsed
-            if pending.done_count == len(pending.items) and not pending.future.done():
+            if self._closed and pending.done_count < len(pending.items):
+                self._fail(pending, Unavailable("server is shutting down"))
+            elif pending.done_count == len(pending.items) and not pending.future.done():
                 timing = BatchTiming(pending.last_batch_start - pending.enqueued, pending.compute_s)
                 pending.future.set_result((cast(list[Out], pending.results), timing))

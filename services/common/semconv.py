@@ -16,13 +16,13 @@ GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 ATALAYA_REQUEST_ID = "atalaya.request_id"
 ATALAYA_BATCH_SIZE = "atalaya.batch.size"
 ATALAYA_TEXT_COUNT = "atalaya.text.count"
+ATALAYA_QUEUE_MS = "atalaya.queue_ms"  # time a request waited for its batch
 ATALAYA_CONTENT = "atalaya.content"  # only when a service's log_content setting is on
 ATALAYA_MEMORY_K = "atalaya.memory.k"
 ATALAYA_MEMORY_RESULTS = "atalaya.memory.results"
 ATALAYA_MEMORY_QUERY_KIND = "atalaya.memory.query_kind"
 
 # --- spans (domain work inside an RPC; RPC spans come from the gRPC instrumentation)
-SPAN_EMBED_BATCH = "embedding.batch"
 SPAN_MEMORY_RECALL = "memory.Recall"
 SPAN_MEMORY_REMEMBER = "memory.Remember"
 SPAN_MEMORY_EMBED = "memory.embed"

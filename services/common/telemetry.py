@@ -18,6 +18,7 @@ Code adds only domain spans, attributes and metrics, named in services.common.se
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -97,11 +98,15 @@ def setup_telemetry(service: str) -> Telemetry:
     return Telemetry(tracer_provider, meter_provider)
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    """Atalaya's tracer (a proxy until setup_telemetry installs the provider)."""
     return trace.get_tracer(INSTRUMENTATION_NAME)
 
 
+@functools.cache
 def meter() -> metrics.Meter:
+    """Atalaya's meter (a proxy until setup_telemetry installs the provider)."""
     return metrics.get_meter(INSTRUMENTATION_NAME)
 
 

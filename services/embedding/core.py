@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from services.common import semconv
 from services.common.batching import MicroBatcher
 from services.common.errors import NotFound, Unavailable
-from services.common.telemetry import meter, tracer
+from services.common.telemetry import meter
 from services.common.validation import require_count, require_text
 from services.embedding.backends.base import EmbeddingBackend
 from services.embedding.config import EmbeddingSettings
@@ -80,13 +81,21 @@ class EmbeddingCore:
             raise NotFound(f"model {model!r} is not served here (serving {self._backend.name!r})")
         if not self._loaded:
             raise Unavailable("model is loading")
-        with tracer().start_as_current_span("embedding.embed") as span:
-            span.set_attribute(semconv.ATALAYA_TEXT_COUNT, len(texts))
-            span.set_attribute(semconv.GEN_AI_REQUEST_MODEL, self._backend.name)
-            rows, timing = await self._batcher.submit(texts)
-            vectors = np.stack([row for row, _ in rows])
-            tokens = sum(count for _, count in rows)
-            span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, tokens)
+        rows, timing = await self._batcher.submit(texts)
+        vectors = np.stack([row for row, _ in rows])
+        tokens = sum(count for _, count in rows)
+        # On the RPC's server span: a child span per call would cost more than the
+        # work it describes at this request rate.
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    semconv.ATALAYA_TEXT_COUNT: len(texts),
+                    semconv.GEN_AI_REQUEST_MODEL: self._backend.name,
+                    semconv.GEN_AI_USAGE_INPUT_TOKENS: tokens,
+                    semconv.ATALAYA_QUEUE_MS: timing.queue_s * 1000.0,
+                }
+            )
         if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
