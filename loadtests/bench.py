@@ -26,8 +26,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,12 +39,11 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.client import EmbeddingClient, MemoryClient
 from services.memory.config import MemorySettings
+from services.stack.process import HOST, ServiceProcess, free_port
 
-HOST = "127.0.0.1"
 USER_ID = "bench-user"
 RECALL_K = 10
 
@@ -238,91 +235,12 @@ def exact_top_k(vectors: Floats, queries: Floats, k: int) -> list[set[int]]:
 # ---------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _health_status(target: str, timeout_s: float = 1.0) -> int | None:
-    with grpc.insecure_channel(target) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
-            )
-        except grpc.RpcError:
-            return None
-    return int(response.status)
-
-
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
+def _child_env() -> dict[str, str]:
     """The parent's environment without ATALAYA_* settings (services run with their
-    defaults plus what the bench sets), offline model loading, quiet gRPC core."""
+    defaults plus what the bench sets), offline model loading."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATALAYA_")}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        GRPC_VERBOSITY="ERROR",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
-
-
-class ServiceProcess:
-    """`python -m <module>` as a child process, logs in a file."""
-
-    def __init__(self, module: str, port: int, env: dict[str, str], log_path: Path) -> None:
-        self.module = module
-        self.port = port
-        self.env = env
-        self.log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    def start(self, timeout_s: float = 120.0) -> None:
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                [sys.executable, "-m", self.module],
-                env=_child_env(self.env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the bench, which stops it
-            )
-        started = time.perf_counter()
-        while time.perf_counter() - started < timeout_s:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"{self.module} exited early:\n{self.log_tail()}")
-            if _health_status(self.target) == health_pb2.HealthCheckResponse.SERVING:
-                progress(f"{self.module} SERVING on {self.target} (pid {self._proc.pid})")
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.module} not SERVING after {timeout_s}s:\n{self.log_tail()}")
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM, wait for the drain; SIGKILL if it does not exit in time."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                progress(f"{self.module} ignored SIGTERM for {timeout_s}s, killing it")
-                proc.kill()
-                proc.wait(10)
-        if proc.returncode != 0:
-            progress(f"{self.module} exited with {proc.returncode}:\n{self.log_tail()}")
-        return proc.returncode
-
-    def log_tail(self, chars: int = 3000) -> str:
-        if not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
 
 
 @contextlib.contextmanager
@@ -337,10 +255,15 @@ def running(
     `overrides` (from --set) are applied last, to compare settings."""
     port = free_port()
     proc = ServiceProcess(
-        module, port, {**env(port), **(overrides or {})}, workdir / f"{label}.log"
+        module,
+        port,
+        {**env(port), **(overrides or {})},
+        workdir / f"{label}.log",
+        base_env=_child_env(),
     )
     try:
         proc.start()
+        progress(f"{module} SERVING on {proc.target}")
         yield proc.target
     finally:
         proc.stop()

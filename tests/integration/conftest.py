@@ -19,8 +19,8 @@ def embedding_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
     log = tmp_path_factory.mktemp("logs") / "embedding.log"
     proc = ServiceProcess(
         "services.embedding",
-        {"ATALAYA_EMBEDDING_PORT": str(port), "ATALAYA_EMBEDDING_GRACE_PERIOD_S": "2"},
         port,
+        {"ATALAYA_EMBEDDING_PORT": str(port), "ATALAYA_EMBEDDING_GRACE_PERIOD_S": "2"},
         log,
     ).start()
     yield proc
@@ -39,6 +39,7 @@ def memory_proc(tmp_path: Path, embedding_proc: ServiceProcess) -> Iterator[Memo
         port = port or free_port()
         proc = ServiceProcess(
             "services.memory",
+            port,
             {
                 "ATALAYA_MEMORY_PORT": str(port),
                 "ATALAYA_MEMORY_DSN": dsn,
@@ -47,7 +48,6 @@ def memory_proc(tmp_path: Path, embedding_proc: ServiceProcess) -> Iterator[Memo
                 "ATALAYA_MEMORY_READINESS_INTERVAL_S": "0.3",
                 **{f"ATALAYA_MEMORY_{k.upper()}": v for k, v in env.items()},
             },
-            port,
             tmp_path / f"memory-{len(started)}.log",
         ).start()
         started.append(proc)

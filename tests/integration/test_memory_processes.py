@@ -12,9 +12,13 @@ from services.client import EmbeddingClient, MemoryClient
 from services.client.memory import message
 from tests.integration.conftest import MemoryFactory
 from tests.support.postgres import TestPostgres
-from tests.support.processes import SERVING, ServiceProcess, health_status, wait_for_status
-
-NOT_SERVING = 2
+from tests.support.processes import (
+    NOT_SERVING,
+    SERVING,
+    ServiceProcess,
+    health_status,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -83,10 +87,10 @@ async def test_postgres_outage_is_unavailable_and_not_serving_then_recovers(
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert err.value.details() == "database unavailable"
             assert time.monotonic() - started < 9  # fails fast, not at the deadline
-            wait_for_status(memory.port, NOT_SERVING, timeout=10)
+            wait_for_status(memory.target, NOT_SERVING, timeout_s=10)
 
             pg.start()
-            wait_for_status(memory.port, SERVING, timeout=20)
+            wait_for_status(memory.target, SERVING, timeout_s=20)
             history = await client.get_history(user_id="u", session_id="s")
             assert history.total_turns == 1
             turn = await client.append_turn(
@@ -102,7 +106,7 @@ async def test_embedding_outage_fails_embedding_calls_only(
 ) -> None:
     dead = "127.0.0.1:9"  # nothing listens on the discard port
     memory = memory_proc(fresh_dsn, embedding=dead, embedding__timeout_s="1")
-    assert health_status(memory.port) == SERVING  # readiness follows the database only
+    assert health_status(memory.target) == SERVING  # readiness follows the database only
     async with MemoryClient.connect(memory.target) as client:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.remember(user_id="u", request_id="m-1", texts=["x"], timeout=10)

@@ -50,19 +50,19 @@ def traced_stack(tmp_path: Path, fresh_dsn: str) -> Iterator[tuple[OtlpReceiver,
     embed_port, memory_port = free_port(), free_port()
     embedding = ServiceProcess(
         "services.embedding",
-        {**env, "ATALAYA_EMBEDDING_PORT": str(embed_port)},
         embed_port,
+        {**env, "ATALAYA_EMBEDDING_PORT": str(embed_port)},
         tmp_path / "embedding.log",
     ).start()
     memory = ServiceProcess(
         "services.memory",
+        memory_port,
         {
             **env,
             "ATALAYA_MEMORY_PORT": str(memory_port),
             "ATALAYA_MEMORY_DSN": fresh_dsn,
             "ATALAYA_MEMORY_EMBEDDING__TARGET": embedding.target,
         },
-        memory_port,
         tmp_path / "memory.log",
     ).start()
     try:
