@@ -35,3 +35,15 @@ METRIC_EMBED_BATCH_SIZE = "atalaya.embedding.batch.size"  # texts per model call
 METRIC_EMBED_QUEUE_DEPTH = "atalaya.embedding.queue.depth"  # texts waiting for a batch
 METRIC_EMBED_TEXTS = "atalaya.embedding.texts"  # texts embedded
 METRIC_MEMORY_DB_DURATION = "atalaya.memory.db.duration"  # ms per store operation
+
+# --- generation (GenAI semantic conventions where they exist) ----------------
+GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_SYSTEM = "gen_ai.system"
+ATALAYA_BACKEND = "atalaya.backend"  # vllm | llamacpp | openai | sim (a simulator)
+METRIC_GEN_TTFT = "gen_ai.server.time_to_first_token"  # s
+METRIC_GEN_TPOT = "gen_ai.server.time_per_output_token"  # s, inter-token latency
+METRIC_GEN_REQUEST_DURATION = "gen_ai.server.request.duration"  # s
+METRIC_GEN_TOKENS = "atalaya.generation.tokens"  # by gen_ai.token.type: input | output
+METRIC_GEN_QUEUE_DEPTH = "atalaya.generation.queue.depth"  # requests waiting for a slot
+METRIC_GEN_IN_FLIGHT = "atalaya.generation.in_flight"  # requests holding a slot
+GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
