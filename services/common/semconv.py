@@ -46,4 +46,4 @@ METRIC_GEN_REQUEST_DURATION = "gen_ai.server.request.duration"  # s
 METRIC_GEN_TOKENS = "atalaya.generation.tokens"  # by gen_ai.token.type: input | output
 METRIC_GEN_QUEUE_DEPTH = "atalaya.generation.queue.depth"  # requests waiting for a slot
 METRIC_GEN_IN_FLIGHT = "atalaya.generation.in_flight"  # requests holding a slot
-GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
+GEN_AI_TOKEN_TYPE = "gen_ai.token.type"  # noqa: S105 - an attribute name

@@ -26,9 +26,11 @@ async def serving(
 ) -> AsyncIterator[tuple[Stub, SimEngine]]:
     engine = SimEngine(config or SimConfig())
     s = GenerationSettings(port=0, **settings)  # type: ignore[arg-type]
-    async with ServerRunner(build(s, engine=engine), s).running() as runner:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel:
-            yield Stub(channel), engine
+    async with (
+        ServerRunner(build(s, engine=engine), s).running() as runner,
+        grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel,
+    ):
+        yield Stub(channel), engine
 
 
 def chat(text: str, **sampling: object) -> pb.GenerateRequest:
@@ -87,7 +89,7 @@ async def test_coalescing_merges_deltas_but_never_holds_the_first() -> None:
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polls the engine's own counters
             await asyncio.sleep(0.01)
 
 
