@@ -40,6 +40,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from loadtests.generation_bench import GENERATION_FIGURES, bench_generation
 from services.client import EmbeddingClient, MemoryClient
 from services.memory.config import MemorySettings
 from services.stack.process import HOST, ServiceProcess, free_port
@@ -51,7 +52,11 @@ MULTI_TEXT_CALLS = 8
 MULTI_TEXT_FIGURE = f"embedding_throughput_{MULTI_TEXT_CALLS}_per_call"
 EMBEDDING_FIGURES = ("embedding_throughput", MULTI_TEXT_FIGURE, "embedding_latency_c1")
 MEMORY_FIGURES = ("memory_recall_p50", "memory_recall_p99", "memory_recall_at_10")
-GROUPS = {"embedding": EMBEDDING_FIGURES, "memory": MEMORY_FIGURES}
+GROUPS = {
+    "embedding": EMBEDDING_FIGURES,
+    "memory": MEMORY_FIGURES,
+    "generation": GENERATION_FIGURES,
+}
 
 Floats = npt.NDArray[np.float32]
 
@@ -898,7 +903,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m loadtests.bench",
         description="Atalaya benchmarks: one JSON line per figure on stdout.",
     )
-    names = (*EMBEDDING_FIGURES, *MEMORY_FIGURES, *GROUPS)
+    names = (*EMBEDDING_FIGURES, *MEMORY_FIGURES, *GENERATION_FIGURES, *GROUPS)
     parser.add_argument(
         "--only",
         action="append",
@@ -966,12 +971,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if load > 0.5:
             progress("warning: other work is using the CPU; figures will be noisy")
         out = Output(selected, {"load_1m_at_start": round(load, 2)})
-        progress("loading the model in-process")
-        model = LocalModel()
-        if selected & set(EMBEDDING_FIGURES):
-            bench_embedding(args, model, workdir, out)
-        if selected & set(MEMORY_FIGURES):
-            bench_memory(args, model, workdir, out)
+        if selected & {*EMBEDDING_FIGURES, *MEMORY_FIGURES}:
+            progress("loading the model in-process")
+            model = LocalModel()
+            if selected & set(EMBEDDING_FIGURES):
+                bench_embedding(args, model, workdir, out)
+            if selected & set(MEMORY_FIGURES):
+                bench_memory(args, model, workdir, out)
+        if selected & set(GENERATION_FIGURES):
+            progress("generation: simulator in-process, then through the service")
+            bench_generation(args, workdir, out, Figure)
     progress(f"done in {time.perf_counter() - _STARTED:.0f}s")
     return 0
 

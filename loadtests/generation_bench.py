@@ -1,0 +1,231 @@
+"""Generation figures for `make bench` (see bench.py for the output format).
+
+stream_overhead_per_token[_no_coalescing]  the simulator at full speed, 32
+    concurrent streams: microseconds per token the service adds (gRPC, the
+    servicer, coalescing) over the same simulator driven in-process.
+ttft_overhead  one stream at a time: service time to first token (measured by
+    the client) minus in-process time to first token, p50 (p99 as an extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+import numpy as np
+from atalaya.common.v1 import common_pb2
+from atalaya.generation.v1 import generation_pb2 as pb
+from atalaya.generation.v1 import generation_pb2_grpc
+
+from services.engines.base import Delta, GenerationRequest, Message, SamplingParams
+from services.engines.sim import SimConfig, SimEngine
+from services.stack.process import ServiceProcess, free_port
+
+STREAM_FIGURES = ("stream_overhead_per_token", "stream_overhead_per_token_no_coalescing")
+TTFT_FIGURE = "ttft_overhead"
+GENERATION_FIGURES = (*STREAM_FIGURES, TTFT_FIGURE)
+
+STREAMS = 32
+TOKENS_PER_STREAM = 256
+SIM_SLOTS = 64  # enough for every stream: the figure is about the service, not the queue
+PROMPT = "Summarise the plot of a long novel in a few sentences."
+
+
+class Sink(Protocol):
+    @property
+    def selected(self) -> frozenset[str]: ...
+
+    def emit(self, figure: Any) -> None: ...
+
+
+def _sim_config() -> SimConfig:
+    return SimConfig(max_concurrent_sequences=SIM_SLOTS, max_queued_requests=SIM_SLOTS)
+
+
+def _sim_env(port: int, coalesce_ms: float) -> dict[str, str]:
+    return {
+        "ATALAYA_GENERATION_PORT": str(port),
+        "ATALAYA_GENERATION_BACKEND": "sim",
+        "ATALAYA_GENERATION_COALESCE_MS": str(coalesce_ms),
+        "ATALAYA_GENERATION_SIM__MAX_CONCURRENT_SEQUENCES": str(SIM_SLOTS),
+        "ATALAYA_GENERATION_SIM__MAX_QUEUED_REQUESTS": str(SIM_SLOTS),
+        "ATALAYA_GENERATION_GRACE_PERIOD_S": "2",
+        "OTEL_SDK_DISABLED": "false",
+    }
+
+
+def _domain_request(i: int, max_tokens: int) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=f"bench-{i}",
+        messages=[Message("user", PROMPT)],
+        sampling=SamplingParams(max_tokens=max_tokens, ignore_eos=True, seed=i),
+    )
+
+
+def _proto_request(i: int, max_tokens: int) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        request_id=f"bench-{i}",
+        chat=pb.Conversation(
+            messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=PROMPT)]
+        ),
+        sampling=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True, seed=i),
+    )
+
+
+# --- in-process --------------------------------------------------------------
+
+
+async def _local_streams(engine: SimEngine, streams: int, tokens: int) -> tuple[float, int]:
+    async def one(i: int) -> int:
+        n = 0
+        async for event in engine.generate(_domain_request(i, tokens)):
+            if isinstance(event, Delta):
+                n += event.token_count
+        return n
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(one(i) for i in range(streams)))
+    return time.perf_counter() - started, sum(counts)
+
+
+async def _local_ttft(engine: SimEngine, calls: int) -> list[float]:
+    samples = []
+    for i in range(calls):
+        started = time.perf_counter()
+        stream = engine.generate(_domain_request(i, 4))
+        async for event in stream:
+            if isinstance(event, Delta):
+                samples.append(time.perf_counter() - started)
+                break
+        await stream.aclose()  # type: ignore[attr-defined]
+    return samples
+
+
+async def in_process(streams: int, tokens: int, ttft_calls: int) -> tuple[float, int, list[float]]:
+    engine = SimEngine(_sim_config())
+    await engine.start()
+    try:
+        await _local_streams(engine, streams, 8)  # warm-up
+        seconds, count = await _local_streams(engine, streams, tokens)
+        ttft = await _local_ttft(engine, ttft_calls)
+    finally:
+        await engine.stop()
+    return seconds, count, ttft
+
+
+# --- through the service -----------------------------------------------------
+
+
+async def _service_streams(target: str, streams: int, tokens: int) -> tuple[float, int, int]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+
+        async def one(i: int) -> tuple[int, int]:
+            n = messages = 0
+            async for m in stub.Generate(_proto_request(i, tokens), timeout=120):
+                messages += 1
+                n += m.delta.token_count
+            return n, messages
+
+        await asyncio.gather(*(one(i) for i in range(streams)))  # warm-up
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one(i) for i in range(streams)))
+        seconds = time.perf_counter() - started
+    return seconds, sum(r[0] for r in results), sum(r[1] for r in results)
+
+
+async def _service_ttft(target: str, calls: int) -> list[float]:
+    samples = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        for i in range(calls + 10):
+            started = time.perf_counter()
+            call = stub.Generate(_proto_request(i, 4), timeout=30)
+            first = await call.read()
+            elapsed = time.perf_counter() - started
+            assert first.WhichOneof("event") == "delta"
+            while await call.read() != grpc.aio.EOF:
+                pass
+            if i >= 10:  # the first calls warm the channel
+                samples.append(elapsed)
+    return samples
+
+
+def _serve(workdir: Path, coalesce_ms: float, label: str) -> ServiceProcess:
+    port = free_port()
+    proc = ServiceProcess(
+        "services.generation", port, _sim_env(port, coalesce_ms), workdir / f"{label}.log"
+    )
+    return proc.start()
+
+
+def bench_generation(args: argparse.Namespace, workdir: Path, out: Sink, figure: Any) -> None:
+    """`figure` is bench.Figure (passed in to keep one definition of the format)."""
+    calls = args.latency_calls
+    local_s, local_tokens, local_ttft = asyncio.run(in_process(STREAMS, TOKENS_PER_STREAM, calls))
+    local_us = local_s / local_tokens * 1e6
+    for name, coalesce_ms in zip(STREAM_FIGURES, (5.0, 0.0), strict=True):
+        if name not in out.selected and not (
+            name == STREAM_FIGURES[0] and TTFT_FIGURE in out.selected
+        ):
+            continue
+        proc = _serve(workdir, coalesce_ms, name)
+        try:
+            seconds, tokens, messages = asyncio.run(
+                _service_streams(proc.target, STREAMS, TOKENS_PER_STREAM)
+            )
+            ttft = asyncio.run(_service_ttft(proc.target, calls)) if coalesce_ms else []
+        finally:
+            proc.stop()
+        service_us = seconds / tokens * 1e6
+        out.emit(
+            figure(
+                name,
+                service_us - local_us,
+                local_us,
+                "us/token",
+                {
+                    "service_us_per_token": round(service_us, 3),
+                    "in_process_us_per_token": round(local_us, 3),
+                    "streams": STREAMS,
+                    "tokens_per_stream": TOKENS_PER_STREAM,
+                    "messages_per_token": round(messages / tokens, 4),
+                    "coalesce_ms": coalesce_ms,
+                    "notes": "value: microseconds per token the service adds (wall time of "
+                    f"{STREAMS} concurrent streams / tokens, service minus in-process); "
+                    "baseline: the simulator's own cost per token in-process; the simulator "
+                    "runs at full speed (no configured latency)",
+                },
+            )
+        )
+        if ttft:
+            service = np.asarray(ttft) * 1000.0
+            local = np.asarray(local_ttft) * 1000.0
+            out.emit(
+                figure(
+                    TTFT_FIGURE,
+                    float(np.percentile(service, 50) - np.percentile(local, 50)),
+                    float(np.percentile(local, 50)),
+                    "ms",
+                    {
+                        "p99": round(
+                            float(np.percentile(service, 99) - np.percentile(local, 99)), 4
+                        ),
+                        "service_ttft_ms": {
+                            "p50": round(float(np.percentile(service, 50)), 4),
+                            "p99": round(float(np.percentile(service, 99)), 4),
+                        },
+                        "in_process_ttft_ms": {
+                            "p50": round(float(np.percentile(local, 50)), 4),
+                            "p99": round(float(np.percentile(local, 99)), 4),
+                        },
+                        "calls": calls,
+                        "notes": "one stream at a time, simulator at full speed: client-side "
+                        "time to the first delta minus in-process time to the first delta",
+                    },
+                )
+            )
