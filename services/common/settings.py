@@ -62,5 +62,6 @@ def load_settings(cls: type[S]) -> S:
         lines = [f"invalid settings for {cls.__name__}:"]
         for err in exc.errors():
             field = "__".join(str(p) for p in err["loc"])  # env_nested_delimiter
-            lines.append(f"  {prefix}{field.upper()}: {err['msg']}")
+            where = f"{prefix}{field.upper()}: " if field else ""
+            lines.append(f"  {where}{err['msg']}")
         raise SettingsError("\n".join(lines)) from None

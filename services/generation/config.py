@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.engines.vllm import VllmConfig
 
 DEFAULT_PORT = 50053
 
@@ -57,3 +58,16 @@ class GenerationSettings(ServiceSettings):
     max_stop_strings: int = Field(4, ge=0)
     max_stop_chars: int = Field(128, ge=1)
     sim: SimSettings = Field(default_factory=SimSettings)
+    vllm: VllmConfig | None = Field(
+        None,
+        description="The vLLM engine (GPU): ATALAYA_GENERATION_VLLM__MODEL=<HF id>, "
+        "__MAX_MODEL_LEN, __QUANTIZATION, __ENABLE_PREFIX_CACHING...; with LoRA adapters "
+        'give the whole object as JSON: ATALAYA_GENERATION_VLLM=\'{"model": ..., '
+        '"enable_lora": true, "lora_adapters": {"name": "/path"}}\'',
+    )
+
+    @model_validator(mode="after")
+    def _backend_has_its_settings(self) -> GenerationSettings:
+        if self.backend == "vllm" and self.vllm is None:
+            raise ValueError("backend vllm needs ATALAYA_GENERATION_VLLM__MODEL")
+        return self

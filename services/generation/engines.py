@@ -30,4 +30,9 @@ def sim_engine(s: SimSettings) -> Engine:
 def engine_from_settings(settings: GenerationSettings) -> Engine:
     if settings.backend == "sim":
         return sim_engine(settings.sim)
+    if settings.backend == "vllm":
+        from services.engines.vllm import VllmEngine
+
+        assert settings.vllm is not None  # checked by the settings
+        return VllmEngine(settings.vllm)
     raise NotImplementedError(f"backend {settings.backend!r} is not wired yet")
