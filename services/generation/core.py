@@ -16,7 +16,14 @@ from services.common import semconv
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.telemetry import meter
 from services.common.validation import require_count, require_range, require_text
-from services.engines.base import Delta, Engine, Finish, GenerationRequest, ModelInfo
+from services.engines.base import (
+    Delta,
+    Engine,
+    Finish,
+    GenerationRequest,
+    ModelInfo,
+    cost_usd,
+)
 from services.generation.config import GenerationSettings
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -32,16 +39,6 @@ class Done:
 
 
 StreamEvent = Delta | Done
-
-
-def cost_usd(info: ModelInfo, input_tokens: int, output_tokens: int) -> float | None:
-    """Price of a request from the model's price table; None when it has none."""
-    if info.usd_per_million_input_tokens is None or info.usd_per_million_output_tokens is None:
-        return None
-    return (
-        input_tokens * info.usd_per_million_input_tokens
-        + output_tokens * info.usd_per_million_output_tokens
-    ) / 1_000_000
 
 
 class GenerationCore:

@@ -28,11 +28,20 @@ def sim_engine(s: SimSettings) -> Engine:
 
 
 def engine_from_settings(settings: GenerationSettings) -> Engine:
+    if settings.backend == "llamacpp":
+        from services.engines.llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine(settings.llamacpp)
     if settings.backend == "sim":
         return sim_engine(settings.sim)
+    if settings.backend == "openai":
+        from services.engines.openai import OpenAIEngine
+
+        assert settings.openai is not None  # checked by the settings
+        return OpenAIEngine(settings.openai)
     if settings.backend == "vllm":
         from services.engines.vllm import VllmEngine
 
         assert settings.vllm is not None  # checked by the settings
         return VllmEngine(settings.vllm)
-    raise NotImplementedError(f"backend {settings.backend!r} is not wired yet")
+    raise ValueError(f"unknown backend {settings.backend!r}")  # the settings exclude this

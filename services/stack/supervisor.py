@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.embedding.config import DEFAULT_PORT as EMBEDDING_PORT
+from services.generation.config import DEFAULT_PORT as GENERATION_PORT
 from services.memory.config import DEFAULT_PORT as MEMORY_PORT
 
 HOST = "127.0.0.1"
@@ -38,7 +39,20 @@ def default_specs(state_dir: str, port_offset: int = 0) -> list[ProcessSpec]:
     """The services in start order (each depends only on those before it)."""
     embedding_port = EMBEDDING_PORT + port_offset
     memory_port = MEMORY_PORT + port_offset
+    generation_port = GENERATION_PORT + port_offset
     return [
+        ProcessSpec(
+            "generation",
+            "services.generation",
+            generation_port,
+            {
+                "ATALAYA_GENERATION_HOST": HOST,
+                "ATALAYA_GENERATION_PORT": str(generation_port),
+                "ATALAYA_GENERATION_BACKEND": os.environ.get(
+                    "ATALAYA_GENERATION_BACKEND", "llamacpp"
+                ),
+            },
+        ),
         ProcessSpec(
             "embedding",
             "services.embedding",

@@ -36,6 +36,7 @@ def test_stack_starts_all_services_and_stops(tmp_path: Path) -> None:
     )
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
+    assert f"generation 127.0.0.1:{50053 + offset}" in out
     assert f"embedding  127.0.0.1:{50054 + offset}" in out
     assert f"memory     127.0.0.1:{50055 + offset}" in out
     assert out.index("embedding SERVING") < out.index("starting memory")

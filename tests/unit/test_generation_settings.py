@@ -7,6 +7,7 @@ import json
 import pytest
 
 from services.common.settings import SettingsError, load_settings
+from services.engines.base import cost_usd
 from services.generation.config import GenerationSettings
 from services.generation.engines import engine_from_settings
 
@@ -51,3 +52,23 @@ def test_unknown_backend_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATALAYA_GENERATION_BACKEND", "tgi")
     with pytest.raises(SettingsError, match="ATALAYA_GENERATION_BACKEND"):
         load_settings(GenerationSettings)
+
+
+def test_openai_backend_with_a_price_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATALAYA_GENERATION_BACKEND", "openai")
+    monkeypatch.setenv(
+        "ATALAYA_GENERATION_OPENAI",
+        json.dumps(
+            {
+                "base_url": "https://api.example.com/v1",
+                "model": "gpt-4o",
+                "api_key_env": "EXAMPLE_API_KEY",
+                "prices": {"gpt-4o": {"input_per_million": 2.5, "output_per_million": 10.0}},
+            }
+        ),
+    )
+    info = engine_from_settings(load_settings(GenerationSettings)).info
+    assert info.backend == "openai"
+    assert (info.usd_per_million_input_tokens, info.usd_per_million_output_tokens) == (2.5, 10.0)
+    # The seed's example: a 5,000-token prompt and 10 calls per user, output aside.
+    assert cost_usd(info, 5000 * 10, 0) == pytest.approx(0.125)
