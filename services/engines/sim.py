@@ -72,6 +72,7 @@ from services.engines.base import (
     Message,
     ModelInfo,
 )
+from services.engines.prompt import StopMatch, StopMatcher
 
 log = logging.getLogger(__name__)
 
@@ -216,65 +217,42 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _first_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
-    """Where the earliest stop string starts in text, and which one."""
-    best: tuple[int, str] | None = None
-    for stop in stops:
-        i = text.find(stop)
-        if i >= 0 and (best is None or i < best[0]):
-            best = (i, stop)
-    return best
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of text that is a proper prefix of a stop string."""
-    best = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:k]):
-                best = k
-                break
-    return best
-
-
 class _StopFilter:
-    """Turns tokens into Deltas, holding back whole tokens whose text could begin
-    a stop string until it is known not to; `matched` is set when one appears
-    (the text from its start on is dropped)."""
+    """Turns tokens into Deltas through the shared StopMatcher (text that could
+    begin a stop string is held back until it is known not to); `matched` is set
+    when one appears (the text from its start on is dropped). A token is counted
+    in the Delta that carries its first character."""
 
     def __init__(self, stops: tuple[str, ...]) -> None:
-        self._stops = stops
-        self._pending = ""  # produced, not emitted yet
-        self._starts: list[int] = []  # offsets in _pending where its tokens start
+        self._matcher = StopMatcher(stops)
+        self._fed = 0  # characters fed so far
+        self._emitted = 0  # characters emitted so far
+        self._starts: list[int] = []  # where the tokens not counted yet start
         self.matched: str | None = None
 
     def feed(self, token: str) -> Delta | None:
-        self._starts.append(len(self._pending))
-        self._pending += token
-        if not self._stops:
-            return self._take(len(self._starts))
-        hit = _first_stop(self._pending, self._stops)
-        if hit is not None:
-            index, self.matched = hit
-            delta = Delta(self._pending[:index], bisect.bisect_left(self._starts, index))
-            self._pending, self._starts = "", []
-            return delta if index else None
-        safe = len(self._pending) - _held_back(self._pending, self._stops)
-        # Tokens that end at or before `safe` can go out.
-        n = bisect.bisect_right(self._starts, safe)
-        if safe < len(self._pending):
-            n -= 1
-        return self._take(n) if n > 0 else None
+        self._starts.append(self._fed)
+        self._fed += len(token)
+        out = self._matcher.feed(token)
+        if isinstance(out, StopMatch):
+            self.matched = out.stop
+            return self._emit(out.text)
+        return self._emit(out)
 
     def flush(self) -> Delta | None:
-        return self._take(len(self._starts)) if self._starts else None
-
-    def _take(self, n: int) -> Delta:
-        cut = self._starts[n] if n < len(self._starts) else len(self._pending)
-        delta = Delta(self._pending[:cut], n)
-        self._pending = self._pending[cut:]
-        self._starts = [start - cut for start in self._starts[n:]]
+        delta = self._emit(self._matcher.flush())
+        if self._starts:  # tokens with no text of their own
+            n, self._starts = len(self._starts), []
+            return Delta(delta.text if delta else "", n + (delta.token_count if delta else 0))
         return delta
+
+    def _emit(self, text: str) -> Delta | None:
+        if not text:
+            return None
+        self._emitted += len(text)
+        n = bisect.bisect_left(self._starts, self._emitted)
+        self._starts = self._starts[n:]
+        return Delta(text, n)
 
 
 def _synthetic_tokens(
