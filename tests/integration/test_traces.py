@@ -131,3 +131,51 @@ async def test_user_content_stays_out_of_spans_and_logs(
     for span in spans:
         assert all(SECRET not in str(v) for v in span.attributes.values()), span
     assert SECRET not in memory.logs()
+
+
+GENERATE_RPC = "/atalaya.generation.v1.GenerationService/Generate"
+
+
+async def test_generate_span_carries_genai_attributes_and_no_content(tmp_path: Path) -> None:
+    import grpc
+    from atalaya.common.v1 import common_pb2
+    from atalaya.generation.v1 import generation_pb2 as pb
+    from atalaya.generation.v1 import generation_pb2_grpc
+
+    receiver = OtlpReceiver().start()
+    port = free_port()
+    generation = ServiceProcess(
+        "services.generation",
+        port,
+        {
+            **telemetry_env(receiver),
+            "ATALAYA_GENERATION_PORT": str(port),
+            "ATALAYA_GENERATION_BACKEND": "sim",
+        },
+        tmp_path / "generation.log",
+    ).start()
+    try:
+        async with grpc.aio.insecure_channel(generation.target) as channel:
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            request = pb.GenerateRequest(
+                chat=pb.Conversation(
+                    messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=SECRET)]
+                ),
+                sampling=pb.SamplingParams(max_tokens=7),
+            )
+            async for _ in stub.Generate(request):
+                pass
+        spans = receiver.wait_for(lambda s: any(x.name == GENERATE_RPC for x in s))
+    finally:
+        generation.stop()
+        receiver.stop()
+    span = next(s for s in spans if s.name == GENERATE_RPC)
+    assert span.service == "atalaya-generation"
+    assert span.attributes[semconv.GEN_AI_REQUEST_MODEL] == "sim"
+    assert span.attributes[semconv.ATALAYA_BACKEND] == "sim"
+    assert span.attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == 7
+    assert span.attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] > 0
+    assert "length" in str(span.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS])
+    for s in spans:
+        assert all(SECRET not in str(v) for v in s.attributes.values()), s
+    assert SECRET not in generation.logs()
