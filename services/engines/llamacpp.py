@@ -45,13 +45,12 @@ import os
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.common.errors import InvalidArgument, Unavailable
 from services.engines.base import (
     SAMPLING_FIELDS,
     Delta,
@@ -64,6 +63,7 @@ from services.engines.base import (
     SamplingParams,
 )
 from services.engines.prompt import StopMatch, StopMatcher, Utf8Assembler
+from services.engines.slots import SlotPool
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,6 @@ class _Job:
     request_id: str
     cancel: threading.Event = field(default_factory=threading.Event)
     abort_message: str = "request aborted"
-    #: Resolved when the job gets the slot (or fails with Unavailable on abort).
-    granted: asyncio.Future[None] | None = None
     #: Resolved once the worker thread is done with the model and the slot is free.
     finished: asyncio.Future[None] | None = None
     items: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
@@ -183,9 +181,15 @@ class LlamaCppEngine(Engine):
         self._eog_ids: frozenset[int] = frozenset()
         self._worker: ThreadPoolExecutor | None = None
         self._jobs: dict[str, _Job] = {}
-        self._waiting: deque[_Job] = deque()
-        self._active: _Job | None = None
         c = self._config
+        #: The single slot and the queue in front of it.
+        self._slots: SlotPool[_Job] = SlotPool(
+            1,
+            c.max_queued_requests,
+            exhausted_message=lambda waiting: (
+                f"model {c.name} already has {waiting} requests waiting; retry later"
+            ),
+        )
         self._info = ModelInfo(
             name=c.name,
             backend="llamacpp",
@@ -249,9 +253,8 @@ class LlamaCppEngine(Engine):
             raise Unavailable("the model could not be loaded") from None
 
     async def stop(self) -> None:
-        for job in list(self._waiting):
-            self._fail_waiting(job, "engine stopped")
-        active = self._active
+        self._slots.fail_all_waiting("engine stopped")
+        active = self._active()
         if active is not None:
             active.abort_message = "engine stopped"
             active.cancel.set()
@@ -269,10 +272,10 @@ class LlamaCppEngine(Engine):
         return self._llm is not None and self._worker is not None
 
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return self._slots.queued
 
     def in_flight(self) -> int:
-        return 0 if self._active is None else 1
+        return self._slots.in_flight
 
     # Validation and tokens
 
@@ -344,54 +347,19 @@ class LlamaCppEngine(Engine):
 
     # The slot and its queue
 
-    def _try_take_slot(self, job: _Job) -> bool:
-        if self._active is None and not self._waiting:
-            self._active = job
-            return True
-        if len(self._waiting) >= self._config.max_queued_requests:
-            raise ResourceExhausted(
-                f"model {self._info.name} already has {len(self._waiting)} requests "
-                "waiting; retry later"
-            )
-        job.granted = asyncio.get_running_loop().create_future()
-        self._waiting.append(job)
-        return False
-
-    def _release_slot(self, job: _Job) -> None:
-        if self._active is not job:
-            return
-        self._active = None
-        while self._waiting:
-            nxt = self._waiting.popleft()
-            if nxt.granted is not None and not nxt.granted.done():
-                self._active = nxt
-                nxt.granted.set_result(None)
-                return
-
-    def _fail_waiting(self, job: _Job, message: str) -> None:
-        with contextlib.suppress(ValueError):
-            self._waiting.remove(job)
-        if job.granted is not None and not job.granted.done():
-            job.granted.set_exception(Unavailable(message))
-
-    async def _wait_for_slot(self, job: _Job) -> None:
-        assert job.granted is not None
-        try:
-            await job.granted
-        except BaseException:
-            self._fail_waiting(job, "request aborted")
-            self._release_slot(job)  # granted just before a cancel
-            raise
+    def _active(self) -> _Job | None:
+        """The job holding the slot, if any."""
+        holders = self._slots.holders()
+        return holders[0] if holders else None
 
     async def abort(self, request_id: str) -> None:
         job = self._jobs.get(request_id)
         if job is None:
             return
-        if job in self._waiting:
-            self._fail_waiting(job, "request aborted")
+        if self._slots.fail_waiting(job, "request aborted"):
             return
         job.cancel.set()
-        if self._active is job and job.finished is not None and not job.finished.done():
+        if self._slots.holds(job) and job.finished is not None and not job.finished.done():
             await asyncio.shield(job.finished)
 
     # Generation
@@ -413,14 +381,12 @@ class LlamaCppEngine(Engine):
         arrived = time.monotonic()
         job = _Job(request.request_id)
         loop = asyncio.get_running_loop()
-        granted_now = self._try_take_slot(job)  # may raise ResourceExhausted
         self._jobs[job.request_id] = job
         try:
-            if not granted_now:
-                await self._wait_for_slot(job)
+            await self._slots.acquire(job)  # may raise ResourceExhausted
             worker = self._worker
             if self._llm is None or worker is None or job.cancel.is_set():
-                self._release_slot(job)
+                self._slots.release(job)
                 raise Unavailable(job.abort_message)
             slot_at = time.monotonic()
             job.finished = loop.create_future()
@@ -461,7 +427,7 @@ class LlamaCppEngine(Engine):
                 loop.call_soon_threadsafe(self._on_thread_done, job)
 
     def _on_thread_done(self, job: _Job) -> None:
-        self._release_slot(job)
+        self._slots.release(job)
         if job.finished is not None and not job.finished.done():
             job.finished.set_result(None)
 

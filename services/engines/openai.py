@@ -40,13 +40,11 @@ an aborted generator raises ``Unavailable("request aborted")``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +67,7 @@ from services.engines.base import (
     ModelInfo,
     SamplingParams,
 )
+from services.engines.slots import SlotPool
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +158,6 @@ def estimate_tokens(request: GenerationRequest) -> int:
 @dataclass(eq=False)
 class _Job:
     request_id: str
-    granted: asyncio.Future[None] | None = None
     producer: asyncio.Task[None] | None = None
     items: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)
     aborted: bool = False
@@ -178,8 +176,13 @@ class OpenAIEngine(Engine):
         self._transport = transport  # tests may inject one; None: real network
         self._client: httpx.AsyncClient | None = None
         self._jobs: dict[str, _Job] = {}
-        self._running: set[_Job] = set()
-        self._waiting: deque[_Job] = deque()
+        self._slots: SlotPool[_Job] = SlotPool(
+            config.max_concurrent_requests,
+            config.max_queued_requests,
+            exhausted_message=lambda waiting: (
+                f"model {config.name} already has {waiting} requests waiting; retry later"
+            ),
+        )
         price = config.prices.get(config.model)
         self._info = ModelInfo(
             name=config.name,
@@ -227,9 +230,8 @@ class OpenAIEngine(Engine):
         log.info("openai: model %s served by %s as %s", c.model, _host(c.base_url), c.name)
 
     async def stop(self) -> None:
-        for job in list(self._waiting):
-            self._fail_waiting(job, "engine stopped")
-        for job in list(self._running):
+        self._slots.fail_all_waiting("engine stopped")
+        for job in self._slots.holders():
             await self._abort_running(job)
         client, self._client = self._client, None
         if client is not None:
@@ -246,10 +248,10 @@ class OpenAIEngine(Engine):
         return response.status_code == 200
 
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return self._slots.queued
 
     def in_flight(self) -> int:
-        return len(self._running)
+        return self._slots.in_flight
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         self._check_input(request)
@@ -321,60 +323,22 @@ class OpenAIEngine(Engine):
 
     # Slots
 
-    def _take_slot(self, job: _Job) -> bool:
-        if len(self._running) < self._config.max_concurrent_requests and not self._waiting:
-            self._running.add(job)
-            return True
-        if len(self._waiting) >= self._config.max_queued_requests:
-            raise ResourceExhausted(
-                f"model {self._info.name} already has {len(self._waiting)} requests "
-                "waiting; retry later"
-            )
-        job.granted = asyncio.get_running_loop().create_future()
-        self._waiting.append(job)
-        return False
-
-    def _release_slot(self, job: _Job) -> None:
-        if job not in self._running:
-            return
-        self._running.discard(job)
-        while self._waiting and len(self._running) < self._config.max_concurrent_requests:
-            nxt = self._waiting.popleft()
-            if nxt.granted is not None and not nxt.granted.done():
-                self._running.add(nxt)
-                nxt.granted.set_result(None)
-
-    def _fail_waiting(self, job: _Job, message: str) -> None:
-        with contextlib.suppress(ValueError):
-            self._waiting.remove(job)
-        if job.granted is not None and not job.granted.done():
-            job.granted.set_exception(Unavailable(message))
-
     async def _abort_running(self, job: _Job) -> None:
         job.aborted = True
         producer = job.producer
         if producer is not None and not producer.done():
             producer.cancel()
             await asyncio.wait({producer})
-        self._release_slot(job)
+        self._slots.release(job)
         job.items.put_nowait(("aborted",))
-
-    async def _wait_for_slot(self, job: _Job) -> None:
-        assert job.granted is not None
-        try:
-            await job.granted
-        except BaseException:
-            self._fail_waiting(job, "request aborted")
-            self._release_slot(job)  # granted just before a cancel
-            raise
 
     async def abort(self, request_id: str) -> None:
         job = self._jobs.get(request_id)
         if job is None:
             return
-        if job in self._waiting:
-            self._fail_waiting(job, "request aborted")
-        elif job in self._running:
+        if self._slots.fail_waiting(job, "request aborted"):
+            return
+        if self._slots.holds(job):
             await self._abort_running(job)
 
     # Generation
@@ -393,11 +357,9 @@ class OpenAIEngine(Engine):
 
         arrived = time.monotonic()
         job = _Job(request.request_id)
-        granted_now = self._take_slot(job)  # may raise ResourceExhausted
         self._jobs[job.request_id] = job
         try:
-            if not granted_now:
-                await self._wait_for_slot(job)
+            await self._slots.acquire(job)  # may raise ResourceExhausted
             state = _StreamState(request, chat, arrived, time.monotonic())
             job.producer = asyncio.create_task(self._produce(client, job, path, body))
             while True:
@@ -421,7 +383,7 @@ class OpenAIEngine(Engine):
             if producer is not None and not producer.done():
                 producer.cancel()  # closes the HTTP stream
                 await asyncio.wait({producer})
-            self._release_slot(job)
+            self._slots.release(job)
 
     async def _produce(
         self, client: httpx.AsyncClient, job: _Job, path: str, body: dict[str, Any]

@@ -55,12 +55,11 @@ import logging
 import math
 import random
 import re
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.common.errors import InvalidArgument, Unavailable
 from services.engines.base import (
     SAMPLING_FIELDS,
     Delta,
@@ -73,6 +72,7 @@ from services.engines.base import (
     ModelInfo,
 )
 from services.engines.prompt import StopMatch, StopMatcher
+from services.engines.slots import SlotPool
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +205,9 @@ class _Run:
     """One request between generate() and its end."""
 
     request_id: str
-    holds_slot: bool = False
     aborted: bool = False
     abort_message: str = "request aborted"
-    #: What the request waits for now (a slot, or a latency); abort wakes it.
+    #: The latency the request sleeps through now, if any; abort wakes it.
     waiter: asyncio.Future[None] | None = None
 
 
@@ -283,8 +282,15 @@ class SimEngine(Engine):
         self._config = config or SimConfig()
         self._latency_rng = random.Random(self._config.seed)  # noqa: S311 (not crypto)
         self._started = False
-        self._running = 0
-        self._queue: deque[_Run] = deque()
+        c = self._config
+        self._slots: SlotPool[_Run] = SlotPool(
+            c.max_concurrent_sequences,
+            c.max_queued_requests,
+            exhausted_message=lambda queued: (
+                f"model {c.name!r} has {queued} requests queued "
+                f"(max_queued_requests {c.max_queued_requests}); retry with backoff"
+            ),
+        )
         self._runs: set[_Run] = set()
         self._info = ModelInfo(
             name=self._config.name,
@@ -335,10 +341,10 @@ class SimEngine(Engine):
         return self._started
 
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return self._slots.queued
 
     def in_flight(self) -> int:
-        return self._running
+        return self._slots.in_flight
 
     # --- requests ----------------------------------------------------------
 
@@ -363,7 +369,8 @@ class SimEngine(Engine):
         run = _Run(request.request_id)
         self._runs.add(run)
         try:
-            await self._acquire(run)
+            await self._slots.acquire(run)  # may raise ResourceExhausted
+            self._check(run)
             slot_at = loop.time()
             ttft_s = self._config.ttft.sample_s(self._latency_rng)
             ttft_s += self._config.prefill_ms_per_input_token * plan.input_tokens / 1000.0
@@ -411,7 +418,7 @@ class SimEngine(Engine):
             )
         finally:
             self._runs.discard(run)
-            self._release(run)
+            self._slots.release(run)
 
     # --- internals ---------------------------------------------------------
 
@@ -493,57 +500,21 @@ class SimEngine(Engine):
     def _inter_token_s(self) -> float:
         c = self._config
         base = c.inter_token_latency.sample_s(self._latency_rng)
-        return base * (1.0 + c.slowdown_per_sequence * max(0, self._running - 1))
+        return base * (1.0 + c.slowdown_per_sequence * max(0, self._slots.in_flight - 1))
 
     def _check(self, run: _Run) -> None:
         if run.aborted:
             raise Unavailable(run.abort_message)
-
-    async def _acquire(self, run: _Run) -> None:
-        c = self._config
-        if self._running < c.max_concurrent_sequences and not self._queue:
-            self._running += 1
-            run.holds_slot = True
-            return
-        if len(self._queue) >= c.max_queued_requests:
-            raise ResourceExhausted(
-                f"model {c.name!r} has {len(self._queue)} requests queued "
-                f"(max_queued_requests {c.max_queued_requests}); retry with backoff"
-            )
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        run.waiter = fut
-        self._queue.append(run)
-        try:
-            await fut
-        finally:
-            run.waiter = None
-            if run in self._queue:
-                self._queue.remove(run)
-        self._check(run)
-
-    def _release(self, run: _Run) -> None:
-        """Give run's slot to the first live waiter, or back to the pool. Idempotent."""
-        if not run.holds_slot:
-            return
-        run.holds_slot = False
-        while self._queue:
-            nxt = self._queue.popleft()
-            if nxt.waiter is not None and not nxt.waiter.done():
-                nxt.holds_slot = True
-                nxt.waiter.set_result(None)
-                return
-        self._running -= 1
 
     def _abort_run(self, run: _Run, message: str) -> None:
         if run.aborted:
             return
         run.aborted = True
         run.abort_message = message
-        if run in self._queue:
-            self._queue.remove(run)
+        self._slots.fail_waiting(run, message)
         if run.waiter is not None:
             _wake(run.waiter)
-        self._release(run)
+        self._slots.release(run)
 
     async def _sleep(self, run: _Run, delay_s: float) -> None:
         """Wait delay_s (at least one pass of the event loop); abort cuts it short."""
