@@ -20,6 +20,7 @@ from services.engines.llamacpp import (
     bundled_gguf_path,
 )
 from services.engines.prompt import StopMatch, StopMatcher, Utf8Assembler
+from tests.support.engines import collect_events
 
 N_CTX = 1024
 STORY = "Write a long story about a dragon who learns to bake bread."
@@ -45,15 +46,7 @@ def chat(
 
 
 async def collect(engine: LlamaCppEngine, request: GenerationRequest) -> tuple[str, Finish]:
-    deltas: list[Delta] = []
-    finish: Finish | None = None
-    async for event in engine.generate(request):
-        assert finish is None, "nothing may follow the Finish"
-        if isinstance(event, Delta):
-            deltas.append(event)
-        else:
-            finish = event
-    assert finish is not None
+    deltas, finish = await collect_events(engine, request)
     assert sum(d.token_count for d in deltas) <= finish.output_tokens
     return "".join(d.text for d in deltas), finish
 

@@ -35,6 +35,7 @@ from services.engines.openai import (
     estimate_tokens,
 )
 from services.stack.process import free_port
+from tests.support.engines import collect_events
 
 MODEL = "smollm2"
 N_CTX = 1024
@@ -124,15 +125,7 @@ def chat(text: str = STORY, request_id: str = "c1", **sampling: object) -> Gener
 
 
 async def collect(engine: OpenAIEngine, request: GenerationRequest) -> tuple[str, Finish]:
-    deltas: list[Delta] = []
-    finish: Finish | None = None
-    async for event in engine.generate(request):
-        assert finish is None, "nothing may follow the Finish"
-        if isinstance(event, Delta):
-            deltas.append(event)
-        else:
-            finish = event
-    assert finish is not None
+    deltas, finish = await collect_events(engine, request)
     return "".join(d.text for d in deltas), finish
 
 

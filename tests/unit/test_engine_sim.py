@@ -25,6 +25,7 @@ from services.engines.sim import (
     render_prompt,
     split_tokens,
 )
+from tests.support.engines import collect_events
 
 
 @pytest.fixture
@@ -64,15 +65,7 @@ def chat(*contents: str, request_id: str = "c1", **sampling: object) -> Generati
 
 
 async def collect(engine: SimEngine, request: GenerationRequest) -> tuple[list[Delta], Finish]:
-    deltas: list[Delta] = []
-    finish: Finish | None = None
-    async for event in engine.generate(request):
-        assert finish is None, "nothing may follow the Finish"
-        if isinstance(event, Delta):
-            deltas.append(event)
-        else:
-            finish = event
-    assert finish is not None
+    deltas, finish = await collect_events(engine, request)
     return deltas, finish
 
 
