@@ -35,7 +35,7 @@ LLAMA_PROMPT = (
     "and a storm.<|im_end|>\n<|im_start|>assistant\n"
 )
 LLAMA_TOKENS = 128
-LLAMA_ROUNDS = 3
+LLAMA_ROUNDS = 5
 
 STREAMS = 32
 TOKENS_PER_STREAM = 256
