@@ -63,5 +63,7 @@ def load_settings(cls: type[S]) -> S:
         for err in exc.errors():
             field = "__".join(str(p) for p in err["loc"])  # env_nested_delimiter
             where = f"{prefix}{field.upper()}: " if field else ""
-            lines.append(f"  {where}{err['msg']}")
+            # Messages of shared nested models say <PREFIX> for the variable prefix.
+            msg = err["msg"].replace("<PREFIX>", f"{prefix}{field.upper()}__" if field else prefix)
+            lines.append(f"  {where}{msg}")
         raise SettingsError("\n".join(lines)) from None

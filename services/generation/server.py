@@ -9,7 +9,7 @@ from services.common.server import Service
 from services.engines.base import Engine
 from services.generation.config import GenerationSettings
 from services.generation.core import GenerationCore
-from services.generation.engines import engine_from_settings
+from services.engines.settings import engine_from_settings
 from services.generation.servicer import GenerationServicer
 
 SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
