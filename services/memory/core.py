@@ -11,6 +11,7 @@ from datetime import datetime
 import numpy as np
 
 from services.common import semconv
+from services.common.embedder import Embedder, Vector
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.telemetry import tracer
 from services.common.validation import (
@@ -23,7 +24,6 @@ from services.common.validation import (
 from services.memory.config import MemorySettings
 from services.memory.domain import (
     AppendResult,
-    Embedder,
     FeedbackRecord,
     ForgetCounts,
     History,
@@ -31,7 +31,6 @@ from services.memory.domain import (
     Message,
     NewMemory,
     Recalled,
-    Vector,
 )
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})

@@ -8,10 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import numpy as np
-import numpy.typing as npt
-
-Vector = npt.NDArray[np.float32]
+from services.common.embedder import Vector
 
 
 @dataclass(frozen=True)
@@ -131,11 +128,3 @@ class MemoryStore(abc.ABC):
 
     @abc.abstractmethod
     async def healthy(self) -> bool: ...
-
-
-class Embedder(abc.ABC):
-    """Turns texts into unit-length vectors."""
-
-    @abc.abstractmethod
-    async def embed(self, texts: Sequence[str]) -> tuple[Vector, int]:
-        """(vectors of shape (n, d), input tokens used)."""

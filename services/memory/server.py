@@ -9,12 +9,12 @@ import grpc
 from atalaya.memory.v1 import memory_pb2, memory_pb2_grpc
 
 from services.client import EmbeddingClient
+from services.client.embedder import EmbeddingServiceEmbedder
+from services.common.embedder import Embedder
 from services.common.server import Service
 from services.memory.config import MemorySettings
 from services.memory.core import MemoryCore
-from services.memory.domain import Embedder
 from services.memory.embedded import EmbeddedPostgres
-from services.memory.embedder import EmbeddingServiceEmbedder
 from services.memory.servicer import MemoryServicer
 from services.memory.store import PostgresStore
 
@@ -56,8 +56,7 @@ class MemoryService(Service):
         return await self.core.ready()
 
     async def stop(self) -> None:
-        if isinstance(self._embedder, EmbeddingServiceEmbedder):
-            await self._embedder.close()
+        await self._embedder.close()
         await self._store.close()
         if self._embedded is not None and self._settings.embedded_stop_on_exit:
             await asyncio.to_thread(self._embedded.stop)

@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from services.common import semconv
+from services.common.embedder import Vector
 from services.common.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from services.common.telemetry import meter
 from services.memory.domain import (
@@ -35,7 +36,6 @@ from services.memory.domain import (
     NewMemory,
     Recalled,
     Turn,
-    Vector,
 )
 
 log = logging.getLogger(__name__)

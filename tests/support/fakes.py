@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from services.common.embedder import Embedder, Vector
 from services.embedding.backends.base import EmbeddingBackend, Encoded
 from services.memory.domain import (
     AppendResult,
-    Embedder,
     FeedbackRecord,
     ForgetCounts,
     History,
@@ -24,7 +24,6 @@ from services.memory.domain import (
     NewMemory,
     Recalled,
     Turn,
-    Vector,
 )
 
 DIM = 384

@@ -1,4 +1,4 @@
-"""The memory core's Embedder, backed by the embedding service over gRPC."""
+"""services.common.embedder.Embedder over the embedding service."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import grpc
 
-from services.client import EmbeddingClient, domain_error
-from services.memory.domain import Embedder, Vector
+from services.client.base import domain_error
+from services.client.embedding import EmbeddingClient
+from services.common.embedder import Embedder, Vector
 
 
 class EmbeddingServiceEmbedder(Embedder):
