@@ -7,9 +7,9 @@ from atalaya.generation.v1 import generation_pb2, generation_pb2_grpc
 
 from services.common.server import Service
 from services.engines.base import Engine
+from services.engines.settings import engine_from_settings
 from services.generation.config import GenerationSettings
 from services.generation.core import GenerationCore
-from services.engines.settings import engine_from_settings
 from services.generation.servicer import GenerationServicer
 
 SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name

@@ -8,8 +8,8 @@ import pytest
 
 from services.common.settings import SettingsError, load_settings
 from services.engines.base import cost_usd
-from services.generation.config import GenerationSettings
 from services.engines.settings import engine_from_settings
+from services.generation.config import GenerationSettings
 
 
 def test_sim_backend_from_env_is_labelled_a_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
