@@ -47,3 +47,19 @@ METRIC_GEN_TOKENS = "atalaya.generation.tokens"  # by gen_ai.token.type: input |
 METRIC_GEN_QUEUE_DEPTH = "atalaya.generation.queue.depth"  # requests waiting for a slot
 METRIC_GEN_IN_FLIGHT = "atalaya.generation.in_flight"  # requests holding a slot
 GEN_AI_TOKEN_TYPE = "gen_ai.token.type"  # noqa: S105 - an attribute name
+
+# --- guardrail --------------------------------------------------------------
+ATALAYA_GUARD_POLICY = "atalaya.guardrail.policy"
+ATALAYA_GUARD_DETECTOR = "atalaya.guardrail.detector"  # llama_guard | semantic | pii
+ATALAYA_GUARD_VERDICT = "atalaya.guardrail.verdict"  # safe | unsafe | unparseable | error
+ATALAYA_GUARD_CATEGORY = "atalaya.guardrail.category"  # S1..S14, "" for none
+ATALAYA_GUARD_CATEGORIES = "atalaya.guardrail.categories"
+ATALAYA_GUARD_DECIDED_BY = "atalaya.guardrail.decided_by"
+ATALAYA_GUARD_SCORE = "atalaya.guardrail.score"
+ATALAYA_GUARD_ERROR = "atalaya.guardrail.error"  # a reason, never message text
+ATALAYA_GUARD_FAIL_MODE_APPLIED = "atalaya.guardrail.fail_mode_applied"
+SPAN_GUARD_DETECTOR_PREFIX = "guardrail."  # + detector name: one span per detector run
+METRIC_GUARD_VERDICTS = "atalaya.guardrail.verdicts"
+METRIC_GUARD_DETECTOR_RESULTS = "atalaya.guardrail.detector.results"
+METRIC_GUARD_DETECTOR_DURATION = "atalaya.guardrail.detector.duration"  # ms
+METRIC_GUARD_FAIL_MODE = "atalaya.guardrail.fail_mode"  # fail-mode activations
