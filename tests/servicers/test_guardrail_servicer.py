@@ -69,7 +69,9 @@ async def serving(
 def request(*texts: str, **fields: object) -> pb.ClassifyRequest:
     roles = [USER if i % 2 == 0 else AGENT for i in range(len(texts))]
     return pb.ClassifyRequest(
-        messages=[common_pb2.ChatMessage(role=r, content=t) for r, t in zip(roles, texts)],
+        messages=[
+            common_pb2.ChatMessage(role=r, content=t) for r, t in zip(roles, texts, strict=True)
+        ],
         **fields,  # type: ignore[arg-type]
     )
 
