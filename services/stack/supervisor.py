@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.embedding.config import DEFAULT_PORT as EMBEDDING_PORT
 from services.generation.config import DEFAULT_PORT as GENERATION_PORT
+from services.guardrail.config import DEFAULT_PORT as GUARDRAIL_PORT
 from services.memory.config import DEFAULT_PORT as MEMORY_PORT
 
 HOST = "127.0.0.1"
@@ -40,6 +41,7 @@ def default_specs(state_dir: str, port_offset: int = 0) -> list[ProcessSpec]:
     embedding_port = EMBEDDING_PORT + port_offset
     memory_port = MEMORY_PORT + port_offset
     generation_port = GENERATION_PORT + port_offset
+    guardrail_port = GUARDRAIL_PORT + port_offset
     return [
         ProcessSpec(
             "generation",
@@ -68,6 +70,16 @@ def default_specs(state_dir: str, port_offset: int = 0) -> list[ProcessSpec]:
                 "ATALAYA_MEMORY_PORT": str(memory_port),
                 "ATALAYA_MEMORY_STATE_DIR": os.path.join(state_dir, "memory"),
                 "ATALAYA_MEMORY_EMBEDDING__TARGET": f"{HOST}:{embedding_port}",
+            },
+        ),
+        ProcessSpec(
+            "guardrail",
+            "services.guardrail",
+            guardrail_port,
+            {
+                "ATALAYA_GUARDRAIL_HOST": HOST,
+                "ATALAYA_GUARDRAIL_PORT": str(guardrail_port),
+                "ATALAYA_GUARDRAIL_EMBEDDING__TARGET": f"{HOST}:{embedding_port}",
             },
         ),
     ]

@@ -25,6 +25,7 @@ from services.guardrail.protocol import ALL_CODES
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_EXEMPLARS = DATA_DIR / "exemplars.jsonl"
 SAFE = "safe"
+EMBED_CHUNK = 64  # exemplars per embedding call (the service caps a call's texts)
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,12 @@ class SemanticDetector(Detector):
 
     async def start(self) -> None:
         """Embed the exemplars once (through the embedder: the embedding service)."""
-        vectors, _ = await self._embedder.embed([e.text for e in self._exemplars])
-        self._matrix = vectors.astype(np.float32)
+        texts = [e.text for e in self._exemplars]
+        chunks = [
+            (await self._embedder.embed(texts[i : i + EMBED_CHUNK]))[0]
+            for i in range(0, len(texts), EMBED_CHUNK)
+        ]
+        self._matrix = np.concatenate(chunks).astype(np.float32)
 
     async def stop(self) -> None:
         await self._embedder.close()
