@@ -19,6 +19,8 @@ RUN python3 -m pip wheel --no-deps --wheel-dir /wheels .
 FROM ${VLLM_IMAGE} AS runtime
 COPY requirements/lock.txt /tmp/lock.txt
 COPY --from=builder /wheels /wheels
+COPY services /app/services
+COPY protos/python /app/protos/python
 # Pinned versions for what the image lacks; torch is never in the resolve (no extra asks for
 # it), so vLLM keeps its own CUDA build. httpx: the OpenAI-compatible engine.
 RUN python3 -m pip install --no-cache-dir -c /tmp/lock.txt /wheels/*.whl httpx \
@@ -26,7 +28,8 @@ RUN python3 -m pip install --no-cache-dir -c /tmp/lock.txt /wheels/*.whl httpx \
     && groupadd --system --gid 10001 atalaya \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp atalaya \
     && mkdir -p /cache && chown 10001:10001 /cache
-ENV PYTHONDONTWRITEBYTECODE=1 \
+ENV PYTHONPATH=/app:/app/protos/python \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     XDG_CACHE_HOME=/cache \
