@@ -1,75 +1,52 @@
-"""An OTLP/gRPC trace receiver for tests: services export their spans to it
-exactly as they would to an OpenTelemetry Collector."""
+"""An OTLP/gRPC trace receiver for tests: services.stack.traces' receiver on a free
+port, keeping spans in memory, with the list of spans received so far."""
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent import futures
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from services.stack.traces import Span, TraceServer, TraceStore, serve_traces
 
-
-@dataclass(frozen=True)
-class Span:
-    service: str
-    name: str
-    trace_id: str
-    span_id: str
-    parent_span_id: str
-    kind: int
-    attributes: dict[str, Any] = field(default_factory=dict)
+__all__ = ["OtlpReceiver", "Span"]
 
 
-def _value(v: Any) -> Any:
-    kind = v.WhichOneof("value")
-    return getattr(v, kind) if kind else None
+class OtlpReceiver:
+    """`spans` holds what was received since start (or since the test cleared it)."""
 
-
-class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
     def __init__(self) -> None:
         self.spans: list[Span] = []
         self._lock = threading.Lock()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._store = TraceStore(None)
+        self._store.subscribe(self._received)
+        self._server: TraceServer | None = None
 
-    def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
+    def _received(self, spans: Sequence[Span]) -> None:
         with self._lock:
-            for rs in request.resource_spans:
-                resource = {a.key: _value(a.value) for a in rs.resource.attributes}
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        self.spans.append(
-                            Span(
-                                service=str(resource.get("service.name", "")),
-                                name=s.name,
-                                trace_id=s.trace_id.hex(),
-                                span_id=s.span_id.hex(),
-                                parent_span_id=s.parent_span_id.hex(),
-                                kind=s.kind,
-                                attributes={a.key: _value(a.value) for a in s.attributes},
-                            )
-                        )
-        return trace_service_pb2.ExportTraceServiceResponse()
+            self.spans.extend(spans)
+
+    def start(self) -> OtlpReceiver:
+        self._server = serve_traces(port=0, store=self._store)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "not started"
+        return self._server.port
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> OtlpReceiver:
-        self._server.start()
-        return self
+        assert self._server is not None, "not started"
+        return self._server.endpoint
 
     def stop(self) -> None:
-        self._server.stop(0)
+        if self._server is not None:
+            self._server.stop(0)
 
-    def wait_for(self, predicate: Any, timeout: float = 15.0) -> list[Span]:
+    def wait_for(
+        self, predicate: Callable[[list[Span]], bool], timeout: float = 15.0
+    ) -> list[Span]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
