@@ -5,9 +5,11 @@ environment variables:
                                                 atalaya-<service>)
   OTEL_EXPORTER_OTLP_ENDPOINT (and the _TRACES_/_METRICS_ variants), _HEADERS,
   _INSECURE, _PROTOCOL                          OTLP export (gRPC)
-  OTEL_TRACES_EXPORTER, OTEL_METRICS_EXPORTER   otlp | console | none; when unset,
-                                                otlp if an OTLP endpoint is set,
-                                                else none (nothing to send to)
+  OTEL_TRACES_EXPORTER, OTEL_METRICS_EXPORTER   otlp | console | none (metrics also
+                                                prometheus); when unset, otlp if an
+                                                OTLP endpoint is set, else none
+  OTEL_EXPORTER_PROMETHEUS_HOST, _PORT          where metrics are served for scraping
+                                                (default 0.0.0.0:9464, /metrics)
   OTEL_PROPAGATORS                              default tracecontext,baggage (W3C)
   OTEL_TRACES_SAMPLER[_ARG], OTEL_BSP_*,
   OTEL_METRIC_EXPORT_INTERVAL                   as in the OpenTelemetry SDK
@@ -93,9 +95,22 @@ def setup_telemetry(service: str) -> Telemetry:
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     elif kind == "console":
         readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+    elif kind == "prometheus":
+        readers.append(_prometheus_reader())
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(meter_provider)
     return Telemetry(tracer_provider, meter_provider)
+
+
+def _prometheus_reader() -> MetricReader:
+    """A pull reader served over HTTP (what a ServiceMonitor scrapes)."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST", "0.0.0.0")  # noqa: S104 - a pod port
+    port = int(os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464"))
+    start_http_server(port=port, addr=host)
+    return PrometheusMetricReader()
 
 
 @functools.cache
