@@ -1,0 +1,145 @@
+"""The chart as the tests see it: rendered by Helm's own Go engine (helm-python-sdk, no
+helm binary, no cluster), per values profile, as parsed Kubernetes objects."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "atalaya"
+CRDS = Path(__file__).resolve().parent / "crds"
+RELEASE = "atalaya"
+NAMESPACE = "atalaya"
+#: Kubernetes versions the rendered objects are validated against (schemas shipped in the
+#: pinned kubernetes-validate wheel): the oldest minor the chart supports with gRPC probes
+#: in GA that is still maintained by the large clouds, and the current one.
+KUBE_VERSIONS = ("1.30.0", "1.35.0")
+SERVICES = ("gateway", "guardrail", "generation", "embedding", "memory")
+KSERVE_VALUES = ROOT / "k8s" / "kserve" / "values-kserve.yaml"
+#: Values profiles: name -> files applied in order over the chart's values.yaml (as `-f`).
+PROFILES: dict[str, tuple[Path, ...]] = {
+    "default": (),
+    "cpu": (CHART / "values-cpu.yaml",),
+    "gpu": (CHART / "values-gpu.yaml",),
+    "dev": (CHART / "values-dev.yaml",),
+    "gpu-kserve": (CHART / "values-gpu.yaml", KSERVE_VALUES),
+}
+#: Custom resources and their vendored schemas (tests/charts/crds/).
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_v1_servicemonitor.json",
+    ("serving.kserve.io/v1beta1", "InferenceService"): (
+        "serving.kserve.io_v1beta1_inferenceservice.json"
+    ),
+    ("serving.kserve.io/v1alpha1", "ServingRuntime"): (
+        "serving.kserve.io_v1alpha1_servingruntime.json"
+    ),
+    ("ray.io/v1", "RayService"): "ray.io_v1_rayservice.json",
+}
+
+Obj = dict[str, Any]
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing of `-f` files: maps merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def profile_values(profile: str) -> dict[str, Any]:
+    """The user-supplied values of a profile (the files merged, not the chart defaults)."""
+    values: dict[str, Any] = {}
+    for path in PROFILES[profile]:
+        values = merge(values, helm.values_from_yaml(path.read_text()))
+    return values
+
+
+@functools.cache
+def chart() -> helm.Chart:
+    return helm.Chart.load(CHART)
+
+
+def effective_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a release would use: chart defaults coalesced with `values`."""
+    return chart().merge_values(dict(values))
+
+
+def render(values: Mapping[str, Any]) -> list[Obj]:
+    """Render with Helm's engine (schema validation included); the objects, NOTES left out."""
+    manifests = chart().render(dict(values), name=RELEASE, namespace=NAMESPACE)
+    objects: list[Obj] = []
+    for path in sorted(manifests):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(manifests[path]) if doc)
+    return objects
+
+
+@functools.cache
+def rendered(profile: str) -> tuple[Obj, ...]:
+    return tuple(render(profile_values(profile)))
+
+
+def notes(values: Mapping[str, Any]) -> str:
+    manifests = chart().render(dict(values), name=RELEASE, namespace=NAMESPACE)
+    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
+def of_kind(objects: tuple[Obj, ...] | list[Obj], kind: str) -> list[Obj]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def component(obj: Obj) -> str:
+    return str(obj["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+def pod_spec(obj: Obj) -> Obj | None:
+    """The pod spec of a workload or Pod; None for other kinds."""
+    if obj["kind"] == "Pod":
+        return dict(obj["spec"])
+    if obj["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+        return dict(obj["spec"]["template"]["spec"])
+    return None
+
+
+def env_of(container: Obj) -> dict[str, Obj]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+@functools.cache
+def _crd_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((CRDS / CRD_SCHEMAS[(api_version, kind)]).read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validation_errors(obj: Obj) -> Iterator[str]:
+    """Why `obj` is invalid: Kubernetes' own schemas (strict: unknown fields are errors) for
+    built-in kinds, the vendored CRD schemas for custom resources."""
+    key = (obj.get("apiVersion", ""), obj.get("kind", ""))
+    name = f"{key[1]}/{obj.get('metadata', {}).get('name')}"
+    if key in CRD_SCHEMAS:
+        for error in _crd_validator(*key).iter_errors(obj):
+            yield f"{name}: {'/'.join(map(str, error.absolute_path))}: {error.message}"
+        return
+    for version in KUBE_VERSIONS:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = "/".join(map(str, exc.absolute_path))
+            yield f"{name} (Kubernetes {version}): {where}: {exc.message}"
+        except kubernetes_validate.SchemaNotFoundError:
+            yield f"{name}: no schema for {key[0]} {key[1]} in Kubernetes {version}"
