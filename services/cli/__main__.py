@@ -1,0 +1,184 @@
+"""atalaya (or python -m services.cli): chat, ask, status, trace, feedback.
+
+Exit codes: 0 success (answered, all SERVING, trace found), 1 a call failed or
+something was not found / not serving, 2 usage errors, 3 the turn was blocked."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.cli import gateway
+from services.cli.status import DEFAULT_HOST, SERVICES, SERVING, check_all, format_statuses
+from services.cli.status import service_targets as status_targets
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _service_target(text: str) -> tuple[str, str]:
+    name, sep, target = text.partition("=")
+    names = [n for n, _ in SERVICES]
+    if not sep or name not in names or not target:
+        raise argparse.ArgumentTypeError(f"expected NAME=HOST:PORT with NAME one of {names}")
+    return name, target
+
+
+def _turn_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--target", default=gateway.DEFAULT_TARGET, help="gateway host:port")
+    parent.add_argument("--user", help="user id (default: $USER, else 'local')")
+    parent.add_argument("--session", help="session id (default: a new one per run)")
+    parent.add_argument("--policy", default="", help="guardrail policy (default: the gateway's)")
+    parent.add_argument("--moderation", choices=sorted(gateway.MODERATION_MODES))
+    parent.add_argument("--no-memory", action="store_true", help="no history or recall")
+    parent.add_argument("--no-remember", action="store_true", help="do not store the turn")
+    parent.add_argument("--max-tokens", type=_positive_int, help="most tokens to generate")
+    parent.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=gateway.DEFAULT_CHAT_TIMEOUT_S,
+        help="deadline per turn in seconds (default %(default)s)",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atalaya", description="Talk to and inspect the local Atalaya stack."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    turn = _turn_options()
+
+    commands.add_parser(
+        "chat", parents=[turn], help="interactive chat", description="Chat, one turn per line."
+    )
+
+    ask = commands.add_parser("ask", parents=[turn], help="one question, one answer")
+    ask.add_argument("question", nargs="+", help="the message (words are joined by spaces)")
+    ask.add_argument("--json", action="store_true", help="print the turn as one JSON object")
+    ask.add_argument(
+        "-v", "--verbose", action="store_true", help="verdicts and request id on stderr"
+    )
+
+    status = commands.add_parser("status", help="health of every service")
+    status.add_argument("--host", default=DEFAULT_HOST)
+    status.add_argument("--port-offset", type=int, default=0)
+    status.add_argument(
+        "--target",
+        dest="targets",
+        action="append",
+        type=_service_target,
+        default=[],
+        metavar="NAME=HOST:PORT",
+        help="check this target for one service (repeatable)",
+    )
+    status.add_argument("--timeout", type=_positive_float, default=1.0, help="seconds per check")
+
+    trace = commands.add_parser("trace", help="the span tree of a request")
+    trace.add_argument("request_id", help="a request id, or a trace id prefix")
+    trace.add_argument("--path", type=Path, default=Path(".state/traces/spans.jsonl"))
+
+    feedback = commands.add_parser("feedback", help="score a turn")
+    feedback.add_argument("turn_request_id")
+    feedback.add_argument("--score", type=_score, required=True, help="0 (worst) to 1 (best)")
+    feedback.add_argument("--comment", default="")
+    feedback.add_argument("--user", help="user id (default: $USER, else 'local')")
+    feedback.add_argument("--target", default=gateway.DEFAULT_TARGET, help="gateway host:port")
+    feedback.add_argument(
+        "--timeout", type=_positive_float, default=gateway.DEFAULT_FEEDBACK_TIMEOUT_S
+    )
+    return parser
+
+
+def _turn_settings(args: argparse.Namespace) -> gateway.TurnSettings:
+    return gateway.TurnSettings(
+        target=args.target,
+        user_id=args.user or gateway.default_user(),
+        session_id=args.session or gateway.new_id(),
+        policy=args.policy,
+        moderation=args.moderation,
+        use_memory=not args.no_memory,
+        remember=not args.no_remember,
+        max_tokens=args.max_tokens,
+        timeout_s=args.timeout,
+    )
+
+
+def run_status(args: argparse.Namespace) -> int:
+    targets = status_targets(args.host, args.port_offset, dict(args.targets))
+    statuses = asyncio.run(check_all(targets, args.timeout))
+    print(format_statuses(statuses))
+    return 0 if all(s.status == SERVING for s in statuses) else 1
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    from services.stack.traces import find_trace, load_spans, span_tree
+
+    spans = find_trace(load_spans(args.path), args.request_id)
+    if not spans:
+        print(f"no trace for {args.request_id!r} in {args.path}", file=sys.stderr)
+        return 1
+    print(span_tree(spans))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default: sys.argv[1:]) and run the command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "chat":
+            return gateway.chat(_turn_settings(args))
+        if args.command == "ask":
+            question = " ".join(args.question).strip()
+            if not question:
+                parser.error("the question is empty")
+            return asyncio.run(
+                gateway.ask(_turn_settings(args), question, as_json=args.json, verbose=args.verbose)
+            )
+        if args.command == "status":
+            return run_status(args)
+        if args.command == "trace":
+            return run_trace(args)
+        return asyncio.run(
+            gateway.feedback(
+                args.target,
+                args.user or gateway.default_user(),
+                args.turn_request_id,
+                args.score,
+                args.comment,
+                timeout_s=args.timeout,
+            )
+        )
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
