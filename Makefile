@@ -14,7 +14,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup run proto proto-check test lint format bench lock clean
+.PHONY: help setup run proto proto-check test lint format bench eval-guard lock clean
 
 help:
 	@echo "make run     start the local stack (embedding + memory with embedded PostgreSQL)"
@@ -22,6 +22,7 @@ help:
 	@echo "make proto   regenerate the Python stubs from protos/"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks (JSON lines: name, value, baseline, ratio, unit)"
+	@echo "make eval-guard  guardrail precision/recall/F1 per detector and policy"
 	@echo "make lock    re-pin requirements/lock.txt from pyproject.toml"
 
 $(STAMP): pyproject.toml requirements/lock.txt
@@ -59,6 +60,9 @@ format: setup
 
 bench: setup
 	$(PY) -m loadtests.bench
+
+eval-guard: setup
+	$(PY) -m services.guardrail.evaluate --json .state/eval-guard.json
 
 lock: setup
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"

@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from loadtests.generation_bench import GENERATION_FIGURES, bench_generation
+from loadtests.guard_bench import GUARD_FIGURES, bench_guard
 from services.client import EmbeddingClient, MemoryClient
 from services.memory.config import MemorySettings
 from services.stack.process import HOST, ServiceProcess, free_port
@@ -56,6 +57,7 @@ GROUPS = {
     "embedding": EMBEDDING_FIGURES,
     "memory": MEMORY_FIGURES,
     "generation": GENERATION_FIGURES,
+    "guard": GUARD_FIGURES,
 }
 
 Floats = npt.NDArray[np.float32]
@@ -903,7 +905,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m loadtests.bench",
         description="Atalaya benchmarks: one JSON line per figure on stdout.",
     )
-    names = (*EMBEDDING_FIGURES, *MEMORY_FIGURES, *GENERATION_FIGURES, *GROUPS)
+    names = (*EMBEDDING_FIGURES, *MEMORY_FIGURES, *GENERATION_FIGURES, *GUARD_FIGURES, *GROUPS)
     parser.add_argument(
         "--only",
         action="append",
@@ -932,6 +934,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a service setting for this run (repeatable), e.g. ATALAYA_EMBEDDING_MAX_WAIT_MS=5",
     )
     parser.add_argument("--latency-calls", type=int, default=200)
+    parser.add_argument(
+        "--guard-items", type=int, default=60, help="evaluation items for cascade_llm_share"
+    )
     parser.add_argument("--seed", type=int, default=20240611)
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keep service logs and the database here"
@@ -981,6 +986,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if selected & set(GENERATION_FIGURES):
             progress("generation: simulator in-process, then through the service")
             bench_generation(args, workdir, out, Figure)
+        if selected & set(GUARD_FIGURES):
+            progress("guardrail: each detector alone, then the default cascade")
+            bench_guard(args, workdir, out, Figure)
     progress(f"done in {time.perf_counter() - _STARTED:.0f}s")
     return 0
 
