@@ -302,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 embedding.stop()
     print(render(report))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     return 0
 
