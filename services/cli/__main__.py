@@ -14,6 +14,8 @@ from pathlib import Path
 from services.cli import gateway
 from services.cli.status import DEFAULT_HOST, SERVICES, SERVING, check_all, format_statuses
 from services.cli.status import service_targets as status_targets
+from services.stack.traces import DEFAULT_PATH as DEFAULT_TRACES_PATH
+from services.stack.traces import find_trace, load_spans, span_tree
 
 
 def _positive_int(text: str) -> int:
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     trace = commands.add_parser("trace", help="the span tree of a request")
     trace.add_argument("request_id", help="a request id, or a trace id prefix")
-    trace.add_argument("--path", type=Path, default=Path(".state/traces/spans.jsonl"))
+    trace.add_argument("--path", type=Path, default=DEFAULT_TRACES_PATH, help="%(default)s")
 
     feedback = commands.add_parser("feedback", help="score a turn")
     feedback.add_argument("turn_request_id")
@@ -137,8 +139,6 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from services.stack.traces import find_trace, load_spans, span_tree
-
     spans = find_trace(load_spans(args.path), args.request_id)
     if not spans:
         print(f"no trace for {args.request_id!r} in {args.path}", file=sys.stderr)
