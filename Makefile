@@ -6,6 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+# checkov (the chart tests' manifest scanner) pins older packages than the lock file, so it
+# gets a tool venv of its own, pinned by requirements/checkov.txt.
+CHECKOV_VENV := $(VENV)/tools/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 EXTRAS := embedding,memory,generation,dev
 # llama.cpp builds without the multimodal library and without -march=native:
 # a native build can use CPU features (AMX) that a VM advertises but traps on,
@@ -46,8 +50,13 @@ proto-check: setup
 run: setup proto
 	$(PY) -m services.stack
 
-test: setup
-	$(PY) -m pytest
+$(CHECKOV_STAMP): requirements/checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements/checkov.txt
+	touch $(CHECKOV_STAMP)
+
+test: setup $(CHECKOV_STAMP)
+	ATALAYA_CHECKOV=$(abspath $(CHECKOV_VENV))/bin/checkov $(PY) -m pytest
 
 lint: setup
 	$(VENV)/bin/ruff check .
