@@ -63,3 +63,19 @@ METRIC_GUARD_VERDICTS = "atalaya.guardrail.verdicts"
 METRIC_GUARD_DETECTOR_RESULTS = "atalaya.guardrail.detector.results"
 METRIC_GUARD_DETECTOR_DURATION = "atalaya.guardrail.detector.duration"  # ms
 METRIC_GUARD_FAIL_MODE = "atalaya.guardrail.fail_mode"  # fail-mode activations
+
+# --- gateway ----------------------------------------------------------------
+ATALAYA_TEMPLATE_NAME = "atalaya.prompt_template.name"
+ATALAYA_TEMPLATE_VERSION = "atalaya.prompt_template.version"
+ATALAYA_TEMPLATE_SHA256 = "atalaya.prompt_template.sha256"
+SPAN_GATEWAY_GUARD_INPUT = "gateway.guard_input"
+SPAN_GATEWAY_MEMORY = "gateway.memory"
+SPAN_GATEWAY_PROMPT = "gateway.prompt"
+SPAN_GATEWAY_GENERATE = "gateway.generate"
+SPAN_GATEWAY_GUARD_OUTPUT = "gateway.guard_output"
+SPAN_GATEWAY_STORE = "gateway.store"
+METRIC_GATEWAY_TURNS = "atalaya.gateway.turns"  # by atalaya.gateway.outcome
+METRIC_GATEWAY_TTFT = "atalaya.gateway.time_to_first_token"  # s, as the client sees it
+METRIC_GATEWAY_TURN_DURATION = "atalaya.gateway.turn.duration"  # s
+METRIC_GATEWAY_MEMORY_DEGRADED = "atalaya.gateway.memory.degraded"
+METRIC_GATEWAY_FEEDBACK_SCORE = "atalaya.gateway.feedback.score"

@@ -1,0 +1,61 @@
+"""Wires the gateway: upstream clients -> core -> servicer -> runner."""
+
+from __future__ import annotations
+
+import grpc
+from atalaya.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from services.common.server import Service
+from services.gateway.clients import (
+    GenerationServiceGenerator,
+    GuardrailGuard,
+    MemoryServiceMemory,
+)
+from services.gateway.config import GatewaySettings
+from services.gateway.core import ChatCore
+from services.gateway.servicer import GatewayServicer
+from services.gateway.templates import PromptTemplate
+from services.gateway.upstream import Generator, Guard, Memory
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+class GatewayService(Service):
+    """Ready as soon as it runs: each turn reports the state of the services it
+    needs (generation down: UNAVAILABLE; guard or memory down: degraded modes),
+    so one upstream outage does not take the gateway out of rotation."""
+
+    name = "gateway"
+    grpc_service_names = (SERVICE_NAME,)
+
+    def __init__(self, core: ChatCore, upstreams: tuple[Guard, Memory, Generator]) -> None:
+        self.core = core
+        self._upstreams = upstreams
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(self.core), server)
+
+    async def start(self) -> None:
+        return None
+
+    async def ready(self) -> bool:
+        return True
+
+    async def stop(self) -> None:
+        for upstream in self._upstreams:
+            await upstream.close()
+
+
+def build(
+    settings: GatewaySettings,
+    *,
+    guard: Guard | None = None,
+    memory: Memory | None = None,
+    generator: Generator | None = None,
+) -> GatewayService:
+    guard = guard or GuardrailGuard(settings.guardrail)
+    memory = memory or MemoryServiceMemory(settings.memory)
+    generator = generator or GenerationServiceGenerator(settings.generation)
+    template = PromptTemplate.load(settings.template_path)
+    core = ChatCore(guard, memory, generator, template, settings)
+    return GatewayService(core, (guard, memory, generator))
