@@ -78,6 +78,9 @@ def test_lint_is_clean(profile: str) -> None:
         {"postgresql": {"auth": {"password": "hunter2"}}},
         {"networkPolicy": {"dns": [{"podSelectr": {}}]}},
         {"gpu": {"tolerations": [{"key": "x", "operator": "Exist"}]}},
+        {"securityContext": {"allowPrivilegeEscalation": True}},
+        {"podSecurityContext": {"runAsNonRoot": False}},
+        {"securityContext": {"capabilities": {"drop": ["NET_RAW"]}}},
     ],
     ids=lambda v: json.dumps(v, sort_keys=True)[:60],
 )
