@@ -6,8 +6,10 @@ tokens before it, so that content split across a boundary is still seen whole.
 The last, partial window is checked when generation ends.
 
   buffered    a delta is released only when every window up to the one holding
-              it has been judged safe; windows are checked while generation
-              goes on, so the client sees text one window behind the model.
+              it has been judged safe, and, but at the end, once the next window
+              (which sees it again as look-back) has been too; windows are
+              checked while generation goes on, so the client sees text about a
+              window behind the model.
   optimistic  deltas are released at once; windows are checked alongside (at
               most `max_parallel` at a time) and the first unsafe one stops
               the stream.
@@ -121,8 +123,10 @@ class StreamModerator:
             self._start_check(window, events)
 
     def _releasable(self) -> int:
-        """Chunks that may go out: in buffered mode, those of the leading run of
-        windows judged safe."""
+        """Chunks that may go out. Optimistic: all. Buffered: those of the leading
+        run of windows judged safe, less the last `lookback_tokens` while a later
+        window (which will see them again, with what follows) is still to come:
+        content split across a window boundary is never half shown."""
         if self._mode == "optimistic":
             return len(self._chunks)
         end = 0
@@ -130,6 +134,11 @@ class StreamModerator:
             if w.result is None or w.result.unsafe:
                 break
             end = w.end
+        finished = self.outcome.done is not None and end == len(self._chunks)
+        budget = 0 if finished else self._lookback_tokens
+        while end > 0 and budget > 0:
+            end -= 1
+            budget -= self._chunks[end].token_count
         return end
 
     def _absorb(self, result: GuardResult) -> None:
