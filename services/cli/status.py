@@ -9,16 +9,15 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-# The local stack's services and default ports (python -m services.stack --port-offset
-# moves them all by the same amount).
-SERVICES: tuple[tuple[str, int], ...] = (
-    ("gateway", 50051),
-    ("guardrail", 50052),
-    ("generation", 50053),
-    ("embedding", 50054),
-    ("memory", 50055),
+from services.stack.config import load_config
+
+# The local stack's services and ports, from its one config file (services/stack/
+# stack.toml), in port order; --port-offset moves them all by the same amount.
+_STACK = load_config(environ={})
+SERVICES: tuple[tuple[str, int], ...] = tuple(
+    sorted(_STACK.ports().items(), key=lambda item: item[1])
 )
-DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HOST = _STACK.host
 
 SERVING = "SERVING"
 NOT_SERVING = "NOT_SERVING"

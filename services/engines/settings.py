@@ -42,6 +42,11 @@ class SimSettings(BaseModel):
     max_queued_requests: int = Field(64, ge=0)
     seed: int = 0
     eos_probability: float = Field(0.0, ge=0, lt=1)
+    scripts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Scripted replies: the last user message -> the text to stream, as "
+        'JSON: <PREFIX>SIM__SCRIPTS=\'{"say hi": "Hello there!"}\' (demos and tests).',
+    )
 
 
 class EngineSettings(BaseModel):
@@ -96,6 +101,7 @@ def sim_engine(s: SimSettings) -> Engine:
             max_queued_requests=s.max_queued_requests,
             seed=s.seed,
             eos_probability=s.eos_probability,
+            scripts=dict(s.scripts) or None,
         )
     )
 

@@ -40,6 +40,18 @@ def health_status(target: str, timeout_s: float = 1.0) -> int | None:
     return int(response.status)
 
 
+async def serving_status(target: str, timeout_s: float = 1.0) -> int | None:
+    """health_status for asyncio callers."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            response = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return None
+    return int(response.status)
+
+
 def wait_for_status(target: str, status: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

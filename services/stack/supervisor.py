@@ -10,79 +10,9 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from services.embedding.config import DEFAULT_PORT as EMBEDDING_PORT
-from services.generation.config import DEFAULT_PORT as GENERATION_PORT
-from services.guardrail.config import DEFAULT_PORT as GUARDRAIL_PORT
-from services.memory.config import DEFAULT_PORT as MEMORY_PORT
-
-HOST = "127.0.0.1"
-
-
-@dataclass
-class ProcessSpec:
-    name: str
-    module: str
-    port: int
-    env: dict[str, str] = field(default_factory=dict)
-    start_timeout_s: float = 120.0
-
-    @property
-    def target(self) -> str:
-        return f"{HOST}:{self.port}"
-
-
-def default_specs(state_dir: str, port_offset: int = 0) -> list[ProcessSpec]:
-    """The services in start order (each depends only on those before it)."""
-    embedding_port = EMBEDDING_PORT + port_offset
-    memory_port = MEMORY_PORT + port_offset
-    generation_port = GENERATION_PORT + port_offset
-    guardrail_port = GUARDRAIL_PORT + port_offset
-    return [
-        ProcessSpec(
-            "generation",
-            "services.generation",
-            generation_port,
-            {
-                "ATALAYA_GENERATION_HOST": HOST,
-                "ATALAYA_GENERATION_PORT": str(generation_port),
-                "ATALAYA_GENERATION_BACKEND": os.environ.get(
-                    "ATALAYA_GENERATION_BACKEND", "llamacpp"
-                ),
-            },
-        ),
-        ProcessSpec(
-            "embedding",
-            "services.embedding",
-            embedding_port,
-            {"ATALAYA_EMBEDDING_HOST": HOST, "ATALAYA_EMBEDDING_PORT": str(embedding_port)},
-        ),
-        ProcessSpec(
-            "memory",
-            "services.memory",
-            memory_port,
-            {
-                "ATALAYA_MEMORY_HOST": HOST,
-                "ATALAYA_MEMORY_PORT": str(memory_port),
-                "ATALAYA_MEMORY_STATE_DIR": os.path.join(state_dir, "memory"),
-                "ATALAYA_MEMORY_EMBEDDING__TARGET": f"{HOST}:{embedding_port}",
-            },
-        ),
-        ProcessSpec(
-            "guardrail",
-            "services.guardrail",
-            guardrail_port,
-            {
-                "ATALAYA_GUARDRAIL_HOST": HOST,
-                "ATALAYA_GUARDRAIL_PORT": str(guardrail_port),
-                "ATALAYA_GUARDRAIL_EMBEDDING__TARGET": f"{HOST}:{embedding_port}",
-            },
-        ),
-    ]
+from services.stack.config import ProcessSpec
+from services.stack.process import SERVING, serving_status
 
 
 def format_line(name: str, line: str, *, pretty: bool) -> str:
@@ -106,20 +36,19 @@ def format_line(name: str, line: str, *, pretty: bool) -> str:
     return f"{out}\n{exc}" if exc else out
 
 
-async def is_serving(target: str, timeout_s: float = 1.0) -> bool:
-    async with grpc.aio.insecure_channel(target) as channel:
-        try:
-            response = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
-            )
-        except grpc.aio.AioRpcError:
-            return False
-    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+PROGRESS_EVERY_S = 5.0
 
 
 class Supervisor:
-    def __init__(self, specs: list[ProcessSpec], *, pretty: bool = True) -> None:
+    def __init__(
+        self,
+        specs: list[ProcessSpec],
+        *,
+        pretty: bool = True,
+        common_env: dict[str, str] | None = None,
+    ) -> None:
         self._specs = specs
+        self._common_env = common_env or {}
         self._pretty = pretty
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -130,7 +59,13 @@ class Supervisor:
         print(format_line("stack", text, pretty=False), flush=True)
 
     async def _spawn(self, spec: ProcessSpec) -> asyncio.subprocess.Process:
-        env = {"GRPC_VERBOSITY": "ERROR", **os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
+        env = {
+            "GRPC_VERBOSITY": "ERROR",
+            **os.environ,
+            **self._common_env,
+            **spec.env,
+            "PYTHONUNBUFFERED": "1",
+        }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -152,12 +87,20 @@ class Supervisor:
                 print(format_line(name, line, pretty=self._pretty), flush=True)
 
     async def _wait_serving(self, spec: ProcessSpec, proc: asyncio.subprocess.Process) -> None:
-        deadline = time.monotonic() + spec.start_timeout_s
+        started = time.monotonic()
+        deadline = started + spec.start_timeout_s
+        next_note = started + PROGRESS_EVERY_S
         while time.monotonic() < deadline:
             if proc.returncode is not None:
                 raise RuntimeError(f"{spec.name} exited with code {proc.returncode} while starting")
-            if await is_serving(spec.target):
+            if await serving_status(spec.target) == SERVING:
                 return
+            if time.monotonic() >= next_note:
+                waited = time.monotonic() - started
+                self._say(
+                    f"{spec.name}: loading ({waited:.0f}s; up to {spec.start_timeout_s:.0f}s)"
+                )
+                next_note += PROGRESS_EVERY_S
             await asyncio.sleep(0.3)
         raise RuntimeError(f"{spec.name} not SERVING after {spec.start_timeout_s:.0f}s")
 

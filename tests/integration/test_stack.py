@@ -28,6 +28,7 @@ def test_stack_starts_all_services_and_stops(tmp_path: Path) -> None:
             str(tmp_path),
             "--port-offset",
             str(offset),
+            "--no-traces",
         ],
         capture_output=True,
         text=True,
@@ -40,6 +41,8 @@ def test_stack_starts_all_services_and_stops(tmp_path: Path) -> None:
     assert f"embedding  127.0.0.1:{50054 + offset}" in out
     assert f"memory     127.0.0.1:{50055 + offset}" in out
     assert f"guardrail  127.0.0.1:{50052 + offset}" in out
+    assert f"gateway    127.0.0.1:{50051 + offset}" in out
+    assert out.index("guardrail SERVING") < out.index("starting gateway")
     assert out.index("embedding SERVING") < out.index("starting memory")
     assert "stack     | stopped" in out
     assert (tmp_path / "memory" / "pgdata" / "PG_VERSION").exists()
