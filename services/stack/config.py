@@ -4,12 +4,14 @@ start order, their ports and settings."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "stack.toml"
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")  # {service} or {state}; other braces stay
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,15 @@ def load_config(
     if not raw:
         raise ValueError(f"{path}: no [services.*] tables")
     ports = {name: int(s["port"]) + port_offset for name, s in raw.items()}
-    targets = {name: f"{host}:{port}" for name, port in ports.items()}
+    names = {name: f"{host}:{port}" for name, port in ports.items()} | {"state": state_dir}
     specs = []
     for name, s in raw.items():
         prefix = f"ATALAYA_{name.upper()}_"
         env = {f"{prefix}HOST": host, f"{prefix}PORT": str(ports[name])}
         for key, value in dict(s.get("env", {})).items():
-            env[key] = environ.get(key, str(value).format(state=state_dir, **targets))
+            env[key] = environ.get(
+                key, _PLACEHOLDER.sub(lambda m: names.get(m[1], m[0]), str(value))
+            )
         specs.append(
             ProcessSpec(
                 name=name,
