@@ -314,3 +314,70 @@ async def test_memory_down_gives_a_degraded_answer(stack: Stack, tmp_path: Path)
     assert reply(events) == SCRIPTS[message] and not done.blocked
     assert done.memory.degraded and not done.memory.stored and not done.memory.used
     assert "memory unavailable" in done.memory.reason
+
+
+async def test_feedback_is_stored_with_the_turn_and_exported(
+    stack: Stack, gateway: gateway_pb2_grpc.GatewayServiceStub
+) -> None:
+    await events_of(gateway, chat("Hello! My name is Ana and I love sailing.", "s7", "fb-1"))
+    first = await gateway.Feedback(
+        pb.FeedbackRequest(user_id="ana", turn_request_id="fb-1", score=1.0, comment="good")
+    )
+    again = await gateway.Feedback(
+        pb.FeedbackRequest(user_id="ana", turn_request_id="fb-1", score=0.0)
+    )
+    assert first.created and not again.created
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gateway.Feedback(pb.FeedbackRequest(user_id="ana", turn_request_id="nope", score=1))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gateway.Feedback(pb.FeedbackRequest(user_id="ana", turn_request_id="fb-1"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    async with MemoryClient.connect(stack.target("memory")) as memory:
+        records = [r async for r in memory.export_feedback(user_id="ana")]
+    (record,) = [r for r in records if r.turn_request_id == "fb-1"]
+    assert record.score == 0.0 and record.session_id == "s7"
+
+
+async def test_bad_requests_get_their_status_codes(
+    gateway: gateway_pb2_grpc.GatewayServiceStub,
+) -> None:
+    cases = [
+        (chat("hi", "s8", "bad-1", user=""), grpc.StatusCode.INVALID_ARGUMENT),
+        (chat("", "s8", "bad-2"), grpc.StatusCode.INVALID_ARGUMENT),
+        (chat("hi", "s8", "bad-3", max_tokens=0), grpc.StatusCode.INVALID_ARGUMENT),
+        (chat("hi", "s8", "bad-4", model="no-such-model"), grpc.StatusCode.NOT_FOUND),
+        (chat("hi", "s8", "bad-5", policy="no-such-policy"), grpc.StatusCode.NOT_FOUND),
+    ]
+    for request, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await events_of(gateway, request)
+        assert err.value.code() == code, (request, err.value.details())
+
+
+async def test_generation_down_is_unavailable_quickly(stack: Stack, tmp_path: Path) -> None:
+    port = free_port()
+    orphan = ServiceProcess(
+        "services.gateway",
+        port,
+        {
+            "ATALAYA_GATEWAY_PORT": str(port),
+            "ATALAYA_GATEWAY_GUARDRAIL__TARGET": stack.target("guardrail"),
+            "ATALAYA_GATEWAY_MEMORY__TARGET": stack.target("memory"),
+            "ATALAYA_GATEWAY_GENERATION__TARGET": f"127.0.0.1:{free_port()}",  # nobody there
+            "ATALAYA_GATEWAY_INPUT_POLICY": "fast",
+        },
+        tmp_path / "gateway.log",
+    ).start()
+    try:
+        async with grpc.aio.insecure_channel(orphan.target) as channel:
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await events_of(stub, chat("hi", "s9", "orphan-1"))
+            elapsed = time.monotonic() - started
+    finally:
+        orphan.stop()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "generation" in (err.value.details() or "")
+    assert elapsed < 30  # not the 300 s turn deadline
