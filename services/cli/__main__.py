@@ -1,4 +1,5 @@
-"""atalaya (or python -m services.cli): chat, ask, status, trace, feedback.
+"""atalaya (or python -m services.cli): chat, ask, status, trace, feedback,
+feedback-export.
 
 Exit codes: 0 success (answered, all SERVING, trace found), 1 a call failed or
 something was not found / not serving, 2 usage errors, 3 the turn was blocked."""
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.cli import gateway
+from services.cli import export, gateway
 from services.cli.status import DEFAULT_HOST, SERVICES, SERVING, check_all, format_statuses
 from services.cli.status import service_targets as status_targets
 from services.stack.traces import DEFAULT_PATH as DEFAULT_TRACES_PATH
@@ -114,7 +115,36 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument(
         "--timeout", type=_positive_float, default=gateway.DEFAULT_FEEDBACK_TIMEOUT_S
     )
+    export = commands.add_parser(
+        "feedback-export", help="stored feedback as CSV or JSON lines, for evaluation"
+    )
+    export.add_argument("--user", default="", help="one user's feedback (default: everyone's)")
+    export.add_argument("--format", choices=("csv", "json"), default="csv")
+    export.add_argument("--output", type=Path, help="a file (default: stdout)")
+    export.add_argument(
+        "--with-messages", action="store_true", help="include the turn's message and reply"
+    )
+    export.add_argument("--memory-target", default=f"{DEFAULT_HOST}:{dict(SERVICES)['memory']}")
+    export.add_argument("--timeout", type=_positive_float, default=30.0)
     return parser
+
+
+def run_export(args: argparse.Namespace) -> int:
+    out = args.output.open("w", newline="") if args.output else sys.stdout
+    try:
+        return asyncio.run(
+            export.export(
+                args.memory_target,
+                args.user,
+                args.format,
+                out,
+                with_messages=args.with_messages,
+                timeout_s=args.timeout,
+            )
+        )
+    finally:
+        if args.output:
+            out.close()
 
 
 def _turn_settings(args: argparse.Namespace) -> gateway.TurnSettings:
@@ -161,10 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 gateway.ask(_turn_settings(args), question, as_json=args.json, verbose=args.verbose)
             )
-        if args.command == "status":
-            return run_status(args)
-        if args.command == "trace":
-            return run_trace(args)
+        simple = {"status": run_status, "trace": run_trace, "feedback-export": run_export}
+        if args.command in simple:
+            return simple[args.command](args)
         return asyncio.run(
             gateway.feedback(
                 args.target,

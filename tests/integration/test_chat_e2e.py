@@ -381,3 +381,30 @@ async def test_generation_down_is_unavailable_quickly(stack: Stack, tmp_path: Pa
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "generation" in (err.value.details() or "")
     assert elapsed < 30  # not the 300 s turn deadline
+
+
+async def test_feedback_exports_as_csv_and_json(
+    stack: Stack, gateway: gateway_pb2_grpc.GatewayServiceStub, tmp_path: Path
+) -> None:
+    import csv
+
+    from services.cli.__main__ import main as atalaya
+
+    await events_of(gateway, chat("Hello! My name is Ana and I love sailing.", "s10", "fb-2"))
+    await gateway.Feedback(pb.FeedbackRequest(user_id="ana", turn_request_id="fb-2", score=0.75))
+    out_csv, out_json = tmp_path / "fb.csv", tmp_path / "fb.jsonl"
+    common = ["--user", "ana", "--memory-target", stack.target("memory"), "--with-messages"]
+    code = await asyncio.to_thread(
+        atalaya, ["feedback-export", *common, "--format", "csv", "--output", str(out_csv)]
+    )
+    assert code == 0
+    code = await asyncio.to_thread(
+        atalaya, ["feedback-export", *common, "--format", "json", "--output", str(out_json)]
+    )
+    assert code == 0
+    rows = {r["turn_request_id"]: r for r in csv.DictReader(out_csv.open())}
+    assert rows["fb-2"]["score"] == "0.75"
+    assert rows["fb-2"]["reply"] == SCRIPTS["Hello! My name is Ana and I love sailing."]
+    assert rows["fb-2"]["template"] == "chat@1"
+    records = [json.loads(line) for line in out_json.read_text().splitlines()]
+    assert {r["turn_request_id"] for r in records} == set(rows)
