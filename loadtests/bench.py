@@ -40,6 +40,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from loadtests.gateway_bench import GATEWAY_FIGURES, bench_gateway
 from loadtests.generation_bench import GENERATION_FIGURES, bench_generation
 from loadtests.guard_bench import GUARD_FIGURES, bench_guard
 from services.client import EmbeddingClient, MemoryClient
@@ -58,6 +59,7 @@ GROUPS = {
     "memory": MEMORY_FIGURES,
     "generation": GENERATION_FIGURES,
     "guard": GUARD_FIGURES,
+    "gateway": GATEWAY_FIGURES,
 }
 
 Floats = npt.NDArray[np.float32]
@@ -905,7 +907,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m loadtests.bench",
         description="Atalaya benchmarks: one JSON line per figure on stdout.",
     )
-    names = (*EMBEDDING_FIGURES, *MEMORY_FIGURES, *GENERATION_FIGURES, *GUARD_FIGURES, *GROUPS)
+    names = (
+        *EMBEDDING_FIGURES,
+        *MEMORY_FIGURES,
+        *GENERATION_FIGURES,
+        *GUARD_FIGURES,
+        *GATEWAY_FIGURES,
+        *GROUPS,
+    )
     parser.add_argument(
         "--only",
         action="append",
@@ -989,6 +998,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if selected & set(GUARD_FIGURES):
             progress("guardrail: each detector alone, then the default cascade")
             bench_guard(args, workdir, out, Figure)
+        if selected & set(GATEWAY_FIGURES):
+            progress("gateway: turn and token overhead over generation")
+            bench_gateway(args, workdir, out, Figure)
     progress(f"done in {time.perf_counter() - _STARTED:.0f}s")
     return 0
 

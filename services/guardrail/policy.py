@@ -8,7 +8,7 @@ detectors, mode, fail mode and timeout (PolicyOverride)."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -129,6 +129,13 @@ def builtin_policies() -> dict[str, PolicySettings]:
     }
 
 
-def resolve_policies(configured: Mapping[str, PolicySettings]) -> dict[str, Policy]:
-    merged = {**builtin_policies(), **configured}
+def resolve_policies(
+    configured: Mapping[str, PolicySettings], loaded: Iterable[DetectorName] | None = None
+) -> dict[str, Policy]:
+    """Built-in and configured policies. With `loaded` (the server's detectors),
+    built-in policies needing another detector are left out; configured ones are
+    kept, for the core to reject."""
+    have = set(DetectorName) if loaded is None else set(loaded)
+    builtin = {name: p for name, p in builtin_policies().items() if set(p.detectors) <= have}
+    merged = {**builtin, **configured}
     return {name: settings.policy(name) for name, settings in merged.items()}

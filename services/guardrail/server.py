@@ -89,4 +89,5 @@ def build(
     embedder: Embedder | None = None,
 ) -> GuardrailService:
     detectors = build_detectors(settings, engine=engine, embedder=embedder)
-    return GuardrailService(GuardrailCore(detectors, resolve_policies(settings.policies), settings))
+    policies = resolve_policies(settings.policies, detectors)
+    return GuardrailService(GuardrailCore(detectors, policies, settings))

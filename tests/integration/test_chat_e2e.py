@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -22,8 +19,9 @@ from atalaya.gateway.v1 import gateway_pb2_grpc
 from atalaya.guardrail.v1 import guardrail_pb2
 
 from services.client import MemoryClient
-from services.stack.process import SERVING, ServiceProcess, free_port, health_status
+from services.stack.process import ServiceProcess, free_port
 from services.stack.traces import Span, find_trace, load_spans
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -36,18 +34,8 @@ SCRIPTS = {
 SERVER, CLIENT = 2, 3  # OTLP span kinds
 
 
-@dataclass
-class Stack:
-    ports: dict[str, int]
-    state: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def target(self, name: str) -> str:
-        return f"127.0.0.1:{self.ports[name]}"
-
-
-def _stack_file(path: Path, ports: dict[str, int]) -> None:
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     sim = {
         "ATALAYA_GENERATION_BACKEND": "sim",
         "ATALAYA_GENERATION_SIM__ITL_MEAN_MS": "5",
@@ -55,59 +43,11 @@ def _stack_file(path: Path, ports: dict[str, int]) -> None:
         "ATALAYA_GENERATION_SIM__MAX_QUEUED_REQUESTS": "0",
         "ATALAYA_GENERATION_SIM__SCRIPTS": json.dumps(SCRIPTS),
     }
-    env = {
-        "generation": sim,
-        "embedding": {},
-        "memory": {
-            "ATALAYA_MEMORY_STATE_DIR": "{state}/memory",
-            "ATALAYA_MEMORY_EMBEDDING__TARGET": "{embedding}",
-        },
-        "guardrail": {"ATALAYA_GUARDRAIL_EMBEDDING__TARGET": "{embedding}"},
-        "gateway": {
-            "ATALAYA_GATEWAY_GUARDRAIL__TARGET": "{guardrail}",
-            "ATALAYA_GATEWAY_MEMORY__TARGET": "{memory}",
-            "ATALAYA_GATEWAY_GENERATION__TARGET": "{generation}",
-            "ATALAYA_GATEWAY_INPUT_POLICY": "fast",
-            "ATALAYA_GATEWAY_WINDOW_TOKENS": "8",
-            "ATALAYA_GATEWAY_LOOKBACK_TOKENS": "8",
-            "ATALAYA_GATEWAY_GRACE_PERIOD_S": "2",
-        },
-    }
-    lines = ['host = "127.0.0.1"', f"traces_port = {ports['traces']}"]
-    for name, values in env.items():
-        lines += ["", f"[services.{name}]", f"port = {ports[name]}", "[services." + name + ".env]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state = tmp_path_factory.mktemp("stack")
-    names = ("gateway", "guardrail", "generation", "embedding", "memory", "traces")
-    ports = {name: free_port() for name in names}
-    config = state / "stack.toml"
-    _stack_file(config, ports)
-    log = state / "stack.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.stack", "--config", str(config),
-             "--state-dir", str(state), "--raw-logs"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    s = Stack(ports, state, proc, log)
-    deadline = time.monotonic() + 400
-    while health_status(s.target("gateway")) != SERVING:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the stack did not start:\n" + log.read_text()[-4000:])
-        time.sleep(0.5)
-    yield s
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    gateway = {"ATALAYA_GATEWAY_WINDOW_TOKENS": "8", "ATALAYA_GATEWAY_LOOKBACK_TOKENS": "8"}
+    with running_stack(
+        tmp_path_factory.mktemp("stack"), {"generation": sim, "gateway": gateway}
+    ) as s:
+        yield s
 
 
 @pytest.fixture
@@ -224,7 +164,7 @@ async def test_one_trace_holds_all_five_services(
         (mem, emb, "/atalaya.embedding.v1.EmbeddingService/Embed"),
         ("atalaya-guardrail", emb, "/atalaya.embedding.v1.EmbeddingService/Embed"),
     ]
-    path = stack.state / "traces" / "spans.jsonl"
+    path = stack.traces_path
 
     def linked(spans: list[Span]) -> set[tuple[str, str, str]]:
         by_id = {s.span_id: s for s in spans}
