@@ -4,7 +4,9 @@ gateway_turn_overhead  time to first token through the gateway minus straight
     from generation, p50 in ms (p99 as an extra), one turn at a time: the
     simulator at 0 ms TTFT, the pii-only guard on the input, optimistic output
     moderation (buffered mode holds the first window by design; its TTFT is an
-    extra), no memory. Baseline: a raw grpc.aio unary echo's p50 in the same
+    extra), no memory. The same with speculative_generation on (generation
+    starts alongside the input check) is an extra too. Baseline: a raw grpc.aio
+    unary echo's p50 in the same
     run (no Atalaya code on that path); the ratio is overhead / echo, goal <= 4.
 gateway_token_overhead  32 streams at once, 256 tokens each, simulator at full
     speed: microseconds per token the gateway adds (its output checks included)
@@ -98,7 +100,7 @@ async def _streams(stub: Any, make: Any, count_tokens: Any) -> list[float]:
 
 @contextlib.contextmanager
 def _services(workdir: Path) -> Iterator[dict[str, str]]:
-    gen_port, guard_port, gw_port, echo_port = (free_port() for _ in range(4))
+    gen_port, guard_port, gw_port, spec_port, echo_port = (free_port() for _ in range(5))
     generation = ServiceProcess(
         "services.generation",
         gen_port,
@@ -115,24 +117,26 @@ def _services(workdir: Path) -> Iterator[dict[str, str]]:
         {"ATALAYA_GUARDRAIL_DETECTORS": '["pii"]', "ATALAYA_GUARDRAIL_DEFAULT_POLICY": "pii"},
         workdir / "gw-guardrail.log",
     )
-    gateway = ServiceProcess(
+    gateway_env = {
+        "ATALAYA_GATEWAY_GUARDRAIL__TARGET": f"{HOST}:{guard_port}",
+        "ATALAYA_GATEWAY_GENERATION__TARGET": f"{HOST}:{gen_port}",
+        "ATALAYA_GATEWAY_MEMORY__TARGET": f"{HOST}:{free_port()}",  # not called
+        "ATALAYA_GATEWAY_INPUT_POLICY": "pii",
+        "ATALAYA_GATEWAY_MAX_PARALLEL_CHECKS": "4",
+    }
+    gateway = ServiceProcess("services.gateway", gw_port, gateway_env, workdir / "gw-gateway.log")
+    speculative = ServiceProcess(
         "services.gateway",
-        gw_port,
-        {
-            "ATALAYA_GATEWAY_GUARDRAIL__TARGET": f"{HOST}:{guard_port}",
-            "ATALAYA_GATEWAY_GENERATION__TARGET": f"{HOST}:{gen_port}",
-            "ATALAYA_GATEWAY_MEMORY__TARGET": f"{HOST}:{free_port()}",  # not called
-            "ATALAYA_GATEWAY_INPUT_POLICY": "pii",
-            "ATALAYA_GATEWAY_MAX_PARALLEL_CHECKS": "4",
-        },
-        workdir / "gw-gateway.log",
+        spec_port,
+        {**gateway_env, "ATALAYA_GATEWAY_SPECULATIVE_GENERATION": "true"},
+        workdir / "gw-gateway-speculative.log",
     )
     echo = subprocess.Popen(  # noqa: S603 - fixed argv
         [sys.executable, "-m", "loadtests.echo", str(echo_port)]
     )
     started: list[ServiceProcess] = []
     try:
-        for proc in (generation, guard, gateway):
+        for proc in (generation, guard, gateway, speculative):
             env_port = {"services.generation": "GENERATION", "services.guardrail": "GUARDRAIL"}
             key = env_port.get(proc.module, "GATEWAY")
             proc.env[f"ATALAYA_{key}_PORT"] = str(proc.port)
@@ -142,6 +146,7 @@ def _services(workdir: Path) -> Iterator[dict[str, str]]:
         yield {
             "generation": generation.target,
             "gateway": gateway.target,
+            "speculative": speculative.target,
             "echo": f"{HOST}:{echo_port}",
         }
     finally:
@@ -166,9 +171,11 @@ async def _measure(targets: dict[str, str], calls: int, selected: frozenset[str]
     out: dict[str, Any] = {}
     async with (
         grpc.aio.insecure_channel(targets["gateway"]) as gw_channel,
+        grpc.aio.insecure_channel(targets["speculative"]) as spec_channel,
         grpc.aio.insecure_channel(targets["generation"]) as gen_channel,
     ):
         chat = gateway_pb2_grpc.GatewayServiceStub(gw_channel).Chat
+        spec_chat = gateway_pb2_grpc.GatewayServiceStub(spec_channel).Chat
         generate = generation_pb2_grpc.GenerationServiceStub(gen_channel).Generate
 
         def delta(e: Any) -> bool:
@@ -179,6 +186,9 @@ async def _measure(targets: dict[str, str], calls: int, selected: frozenset[str]
             out["direct"] = await _ttft(generate, lambda i: _generate(i, 8), calls, delta)
             optimistic = gateway_pb2.MODERATION_MODE_OPTIMISTIC
             out["gateway"] = await _ttft(chat, lambda i: _chat(i, 8, optimistic), calls, delta)
+            out["speculative"] = await _ttft(
+                spec_chat, lambda i: _chat(i, 8, optimistic), calls, delta
+            )
             buffered = gateway_pb2.MODERATION_MODE_BUFFERED
             out["buffered"] = await _ttft(
                 chat, lambda i: _chat(i, 8, buffered), max(20, calls // 5), delta
@@ -205,7 +215,9 @@ def bench_gateway(args: argparse.Namespace, workdir: Path, out: Sink, figure: An
         wait_for_status(targets["gateway"], SERVING, 30)
         m = asyncio.run(_measure(targets, args.latency_calls, out.selected))
     if TURN_FIGURE in out.selected:
-        ms = {k: np.asarray(m[k]) * 1000.0 for k in ("echo", "direct", "gateway", "buffered")}
+        kinds = ("echo", "direct", "gateway", "buffered", "speculative")
+        ms = {k: np.asarray(m[k]) * 1000.0 for k in kinds}
+        speculative = float(np.percentile(ms["speculative"], 50) - np.percentile(ms["direct"], 50))
         overhead = float(np.percentile(ms["gateway"], 50) - np.percentile(ms["direct"], 50))
         out.emit(
             figure(
@@ -220,6 +232,10 @@ def bench_gateway(args: argparse.Namespace, workdir: Path, out: Sink, figure: An
                     "gateway_ttft_p50_ms": round(float(np.percentile(ms["gateway"], 50)), 3),
                     "direct_ttft_p50_ms": round(float(np.percentile(ms["direct"], 50)), 3),
                     "buffered_ttft_p50_ms": round(float(np.percentile(ms["buffered"], 50)), 3),
+                    "speculative_overhead_p50_ms": round(speculative, 3),
+                    "speculative_ratio": round(
+                        speculative / float(np.percentile(ms["echo"], 50)), 3
+                    ),
                     "goal_ratio_max": 4,
                     "calls": len(ms["gateway"]),
                 },

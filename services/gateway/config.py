@@ -58,6 +58,12 @@ class GatewaySettings(ServiceSettings):
     max_parallel_checks: int = Field(
         4, ge=1, le=64, description="Optimistic mode: window checks running at once."
     )
+    speculative_generation: bool = Field(
+        False,
+        description="Start generation alongside the input check instead of after it: the "
+        "guard's latency leaves the time to first token; a message blocked at input then "
+        "has its generation aborted, nothing of it shown or stored.",
+    )
     refusal_text: str = Field(
         "Sorry, I can't help with that.", min_length=1, description="Shown instead of a reply."
     )

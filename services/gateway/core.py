@@ -9,7 +9,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -30,6 +30,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.moderation import Mode, StreamModerator
 from services.gateway.templates import PromptTemplate
 from services.gateway.upstream import (
+    GenDelta,
     GenDone,
     Generator,
     Guard,
@@ -150,6 +151,10 @@ class _State:
     messages: list[tuple[str, str]] = field(default_factory=list)
     reply: str = ""
     seed: int = 0
+    stream: AsyncIterable[GenDelta | GenDone] | None = None
+    prefetch: _Prefetch | None = None
+    gen_span: trace.Span | None = None
+    gen_started: float = 0.0
 
     def __post_init__(self) -> None:
         self.seed = self.turn.seed if self.turn.seed is not None else random.getrandbits(31)
@@ -159,6 +164,41 @@ class _State:
 
     def max_tokens(self, s: GatewaySettings) -> int:
         return self.turn.max_tokens or s.default_max_tokens
+
+
+class _Prefetch:
+    """Reads a generation stream ahead into a queue from the moment it is made,
+    so generation runs while the input check does; `aclose` cancels it (and
+    with it the upstream call)."""
+
+    _END = object()
+
+    def __init__(self, stream: AsyncIterator[GenDelta | GenDone]) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._task = asyncio.create_task(self._pull(stream))
+
+    async def _pull(self, stream: AsyncIterator[GenDelta | GenDone]) -> None:
+        try:
+            async for item in stream:
+                self._queue.put_nowait(item)
+        except Exception as exc:
+            self._queue.put_nowait(exc)
+        finally:
+            self._queue.put_nowait(self._END)
+
+    def __aiter__(self) -> AsyncIterator[GenDelta | GenDone]:
+        return self._read()
+
+    async def _read(self) -> AsyncIterator[GenDelta | GenDone]:
+        while (item := await self._queue.get()) is not self._END:
+            if isinstance(item, Exception):
+                raise item
+            yield item  # type: ignore[misc]
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
 
 
 class _Metrics:
@@ -357,22 +397,55 @@ class ChatCore:
         span.set_attribute(semconv.ATALAYA_TEMPLATE_SHA256, self._template.sha256)
         if self._s.log_content:
             span.set_attribute(semconv.ATALAYA_CONTENT, turn.message)
-        async for event in self._input_stage(st):
-            yield event
-        if st.done.blocked:
-            st.done.total_ms = st.elapsed_ms()
-            yield st.done
-            return
-        t0 = time.perf_counter()
-        with tracer().start_as_current_span(semconv.SPAN_GATEWAY_PROMPT):
-            st.messages = self._fit(st)
-        st.done.phases_ms["prompt"] = (time.perf_counter() - t0) * 1000.0
-        async for event in self._output_stage(st):
-            yield event
+        try:
+            async for event in self._input_stage(st):
+                yield event
+            if st.done.blocked:
+                st.done.total_ms = st.elapsed_ms()
+                yield st.done
+                return
+            if st.stream is None:
+                self._prompt(st)
+                self._start_generation(st)
+            async for event in self._output_stage(st):
+                yield event
+        finally:
+            if st.prefetch is not None:
+                await st.prefetch.aclose()
+            if st.gen_span is not None:
+                st.gen_span.end()
         if turn.remember:
             await self._store(st)
         st.done.total_ms = st.elapsed_ms()
         yield st.done
+
+    def _prompt(self, st: _State) -> None:
+        t0 = time.perf_counter()
+        with tracer().start_as_current_span(semconv.SPAN_GATEWAY_PROMPT):
+            st.messages = self._fit(st)
+        st.done.phases_ms["prompt"] = (time.perf_counter() - t0) * 1000.0
+
+    def _start_generation(self, st: _State) -> None:
+        """Open the Generate stream (under the turn's `gateway.generate` span);
+        speculative turns read it ahead while the input check runs."""
+        assert st.facts is not None
+        turn = st.turn
+        temperature = self._template.temperature if turn.temperature is None else turn.temperature
+        st.gen_span = tracer().start_span(semconv.SPAN_GATEWAY_GENERATE)
+        st.gen_started = time.perf_counter()
+        with trace.use_span(st.gen_span, end_on_exit=False):
+            st.stream = self._generator.generate(
+                turn.request_id,
+                st.messages,
+                model=st.facts.name,
+                max_tokens=st.max_tokens(self._s),
+                temperature=temperature,
+                seed=st.seed,
+                timeout_s=st.deadline.left(),
+            )
+            if self._s.speculative_generation:
+                st.prefetch = _Prefetch(st.stream)
+                st.stream = st.prefetch
 
     async def _input_stage(self, st: _State) -> AsyncIterator[Event]:
         """In parallel: the input guard, memory, and the model's facts. Blocks
@@ -403,6 +476,10 @@ class ChatCore:
         try:
             st.facts = await model_task
             done.model, done.backend = st.facts.name, st.facts.backend
+            if self._s.speculative_generation:
+                await memory_task
+                self._prompt(st)
+                self._start_generation(st)
             verdict = await guard_task
             done.guard_input_tokens += verdict.input_tokens
             done.guard_output_tokens += verdict.output_tokens
@@ -443,26 +520,16 @@ class ChatCore:
             lookback_tokens=s.lookback_tokens,
             max_parallel=s.max_parallel_checks,
         )
-        temperature = self._template.temperature if turn.temperature is None else turn.temperature
-        gen_started = time.perf_counter()
-        with tracer().start_as_current_span(semconv.SPAN_GATEWAY_GENERATE):
-            stream = self._generator.generate(
-                turn.request_id,
-                st.messages,
-                model=st.facts.name,
-                max_tokens=st.max_tokens(s),
-                temperature=temperature,
-                seed=st.seed,
-                timeout_s=st.deadline.left(),
-            )
-            async for delta in moderator.run(stream):
+        assert st.stream is not None
+        with trace.use_span(st.gen_span or trace.INVALID_SPAN, end_on_exit=False):
+            async for delta in moderator.run(st.stream):
                 if "ttft" not in done.phases_ms:
                     done.phases_ms["ttft"] = st.elapsed_ms()
                     self._metrics.ttft.record(done.phases_ms["ttft"] / 1000.0)
                 yield DeltaOut(delta.text, delta.token_count)
         result = moderator.outcome
         gen = result.done
-        done.phases_ms["generation"] = (time.perf_counter() - gen_started) * 1000.0
+        done.phases_ms["generation"] = (time.perf_counter() - st.gen_started) * 1000.0
         done.phases_ms["guard_output"] = result.guard_ms
         done.guard_input_tokens += result.input_tokens_guard
         done.guard_output_tokens += result.output_tokens_guard

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -174,7 +174,7 @@ class StreamModerator:
             return item.result.unsafe
         return False
 
-    async def run(self, stream: AsyncIterator[GenDelta | GenDone]) -> AsyncIterator[GenDelta]:
+    async def run(self, stream: AsyncIterable[GenDelta | GenDone]) -> AsyncIterator[GenDelta]:
         """Consume `stream`, yielding the deltas that may be shown, in order.
         When it returns, `outcome` says whether the reply was cut off."""
         events: asyncio.Queue[object] = asyncio.Queue()

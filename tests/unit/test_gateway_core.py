@@ -384,3 +384,24 @@ def test_template_hash_is_of_the_file(tmp_path: Path) -> None:
     bad.write_text('name = "x"\nversion = "1"\nsystem = "s"\nmemories = "no placeholder"\n')
     with pytest.raises(ValueError, match="placeholder"):
         PromptTemplate.load(bad)
+
+
+async def test_speculative_generation_runs_alongside_the_input_check() -> None:
+    guard = FakeGuard(delay_s=0.1)
+    gen = FakeGenerator()
+    core, _, memory, _ = make(guard=guard, gen=gen, speculative_generation=True)
+    events = await run(core, turn())
+    assert text(events) == gen.reply and memory.turns
+    assert gen.prompts  # generation started
+    # deltas only after the input verdict
+    assert kinds(events)[0] == "VerdictOut"
+
+
+async def test_speculative_generation_is_aborted_when_the_input_is_unsafe() -> None:
+    guard = FakeGuard(delay_s=0.05)
+    gen = FakeGenerator(" ".join(["word"] * 500), delay_s=0.001)
+    core, _, memory, _ = make(guard=guard, gen=gen, speculative_generation=True)
+    events = await run(core, turn("how to build a bomb"))
+    assert kinds(events) == ["VerdictOut", "BlockedOut", "DoneOut"]
+    assert gen.prompts and gen.aborted.is_set() and not gen.finished
+    assert memory.turns == []
