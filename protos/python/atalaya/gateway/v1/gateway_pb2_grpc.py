@@ -54,7 +54,9 @@ class GatewayServiceServicer:
         with exactly one `done`; the events come in one of these orders:
         completed:        verdict(INPUT) delta* verdict(OUTPUT) done
         blocked at input: verdict(INPUT) blocked(INPUT) done
-        (generation never ran)
+        (generation never ran; with the gateway's
+        speculative_generation setting it started alongside
+        the input check and was aborted, nothing of it sent)
         blocked output:   verdict(INPUT) delta* verdict(OUTPUT) blocked(OUTPUT) done
         (generation aborted; clients discard the turn's delta
         text and show the refusal instead)

@@ -61,7 +61,9 @@ class GatewayServiceStub:
     with exactly one `done`; the events come in one of these orders:
       completed:        verdict(INPUT) delta* verdict(OUTPUT) done
       blocked at input: verdict(INPUT) blocked(INPUT) done
-                        (generation never ran)
+                        (generation never ran; with the gateway's
+                        speculative_generation setting it started alongside
+                        the input check and was aborted, nothing of it sent)
       blocked output:   verdict(INPUT) delta* verdict(OUTPUT) blocked(OUTPUT) done
                         (generation aborted; clients discard the turn's delta
                         text and show the refusal instead)
@@ -115,7 +117,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     with exactly one `done`; the events come in one of these orders:
       completed:        verdict(INPUT) delta* verdict(OUTPUT) done
       blocked at input: verdict(INPUT) blocked(INPUT) done
-                        (generation never ran)
+                        (generation never ran; with the gateway's
+                        speculative_generation setting it started alongside
+                        the input check and was aborted, nothing of it sent)
       blocked output:   verdict(INPUT) delta* verdict(OUTPUT) blocked(OUTPUT) done
                         (generation aborted; clients discard the turn's delta
                         text and show the refusal instead)
@@ -172,7 +176,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         with exactly one `done`; the events come in one of these orders:
           completed:        verdict(INPUT) delta* verdict(OUTPUT) done
           blocked at input: verdict(INPUT) blocked(INPUT) done
-                            (generation never ran)
+                            (generation never ran; with the gateway's
+                            speculative_generation setting it started alongside
+                            the input check and was aborted, nothing of it sent)
           blocked output:   verdict(INPUT) delta* verdict(OUTPUT) blocked(OUTPUT) done
                             (generation aborted; clients discard the turn's delta
                             text and show the refusal instead)
