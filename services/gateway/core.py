@@ -193,7 +193,8 @@ class _Prefetch:
         while (item := await self._queue.get()) is not self._END:
             if isinstance(item, Exception):
                 raise item
-            yield item  # type: ignore[misc]
+            assert isinstance(item, GenDelta | GenDone)
+            yield item
 
     async def aclose(self) -> None:
         self._task.cancel()

@@ -23,9 +23,13 @@ from services.gateway.core import (
     Turn,
     VerdictOut,
 )
+from services.gateway.moderation import Mode
 
 _STAGE = {"input": pb.GUARD_STAGE_INPUT, "output": pb.GUARD_STAGE_OUTPUT}
-_MODE = {pb.MODERATION_MODE_BUFFERED: "buffered", pb.MODERATION_MODE_OPTIMISTIC: "optimistic"}
+_MODE: dict[int, Mode] = {
+    pb.MODERATION_MODE_BUFFERED: "buffered",
+    pb.MODERATION_MODE_OPTIMISTIC: "optimistic",
+}
 _DETECTOR = {
     "llama_guard": guardrail_pb2.DETECTOR_LLAMA_GUARD,
     "semantic": guardrail_pb2.DETECTOR_SEMANTIC,
@@ -55,7 +59,7 @@ def to_turn(request: pb.ChatRequest) -> Turn:
         session_id=request.session_id,
         message=request.message,
         policy=o.policy,
-        mode=_MODE.get(o.moderation_mode),  # type: ignore[arg-type]
+        mode=_MODE.get(o.moderation_mode),
         remember=o.remember if o.HasField("remember") else True,
         use_memory=o.use_memory if o.HasField("use_memory") else True,
         max_tokens=o.max_tokens if o.HasField("max_tokens") else None,

@@ -81,6 +81,14 @@ class Outcome:
         return sum(r.output_tokens for r in self.results)
 
 
+def _guard_role(value: str, field: str) -> GuardRole:
+    if value == "user":
+        return "user"
+    if value == "assistant":
+        return "assistant"
+    raise InvalidArgument(f"{field} must be ROLE_USER or ROLE_ASSISTANT")
+
+
 class _Metrics:
     def __init__(self) -> None:
         m = meter()
@@ -159,9 +167,8 @@ class GuardrailCore:
         s = self._settings
         require_count("messages", call.messages, minimum=1, maximum=s.max_messages)
         turns: list[Turn] = []
-        for i, (role, content) in enumerate(call.messages):
-            if role not in ("user", "assistant"):
-                raise InvalidArgument(f"messages[{i}].role must be ROLE_USER or ROLE_ASSISTANT")
+        for i, (raw_role, content) in enumerate(call.messages):
+            role = _guard_role(raw_role, f"messages[{i}].role")
             expected = "user" if i % 2 == 0 else "assistant"
             if role != expected:
                 raise InvalidArgument(
@@ -171,18 +178,16 @@ class GuardrailCore:
             require_text(f"messages[{i}].content", content, max_chars=s.max_message_chars)
             if not content.strip():
                 raise InvalidArgument(f"messages[{i}].content is blank")
-            turns.append(Turn(role, content))  # type: ignore[arg-type]  # checked above
+            turns.append(Turn(role, content))
         last_role = turns[-1].role
-        role = call.role or policy.role or last_role
-        if role not in ("user", "assistant"):
-            raise InvalidArgument("role must be ROLE_USER or ROLE_ASSISTANT")
+        role = _guard_role(call.role or policy.role or last_role, "role")
         if role != last_role:
             raise InvalidArgument(f"the last message's role is {last_role}, not the checked {role}")
         unknown = sorted(set(call.codes) - ALL_CODES)
         if unknown:
             raise InvalidArgument(f"unknown categories: {unknown}")
         codes = sorted_codes(call.codes) if call.codes else policy.codes
-        return GuardInput(call.request_id, tuple(turns), role, codes)  # type: ignore[arg-type]
+        return GuardInput(call.request_id, tuple(turns), role, codes)
 
     def _runnable(self, policy: Policy, guard_input: GuardInput) -> list[Detector]:
         checked = set(guard_input.codes)

@@ -16,6 +16,7 @@ cache) reuse it. Prompt formats:
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Literal
 
 from services.common.errors import InvalidArgument
@@ -119,18 +120,17 @@ class LlamaGuardDetector(Detector):
             else:
                 finish = event
         parsed = parse_output(text, guard_input.codes)
-        common = {
-            "model": self.model,
-            "stand_in": self._stand_in,
-            "input_tokens": finish.input_tokens if finish else 0,
-            "output_tokens": finish.output_tokens if finish else 0,
-        }
+        result = DetectorResult(
+            self.name,
+            Verdict.SAFE,
+            model=self.model,
+            stand_in=self._stand_in,
+            input_tokens=finish.input_tokens if finish else 0,
+            output_tokens=finish.output_tokens if finish else 0,
+        )
         if parsed.assessment is Assessment.UNPARSEABLE:
-            return DetectorResult(
-                self.name,
-                Verdict.UNPARSEABLE,
-                error=f"output outside the Llama Guard protocol: {parsed.reason}",
-                **common,  # type: ignore[arg-type]
-            )
-        verdict = Verdict.UNSAFE if parsed.assessment is Assessment.UNSAFE else Verdict.SAFE
-        return DetectorResult(self.name, verdict, parsed.codes, **common)  # type: ignore[arg-type]
+            reason = f"output outside the Llama Guard protocol: {parsed.reason}"
+            return replace(result, verdict=Verdict.UNPARSEABLE, error=reason)
+        if parsed.assessment is Assessment.UNSAFE:
+            return replace(result, verdict=Verdict.UNSAFE, codes=parsed.codes)
+        return result
