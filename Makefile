@@ -21,7 +21,7 @@ export TRANSFORMERS_OFFLINE := 1
 .PHONY: help setup run proto proto-check test lint format bench eval-guard lock clean
 
 help:
-	@echo "make run     start the local stack (embedding + memory with embedded PostgreSQL)"
+	@echo "make run     start the local stack: all five services (services/stack/stack.toml)"
 	@echo "make test    run the whole test suite"
 	@echo "make proto   regenerate the Python stubs from protos/"
 	@echo "make lint    ruff + mypy"
