@@ -1,5 +1,5 @@
 """atalaya (or python -m services.cli): chat, ask, status, trace, feedback,
-feedback-export.
+feedback-export, eval (run, compare, calibrate: services.eval.cli).
 
 Exit codes: 0 success (answered, all SERVING, trace found), 1 a call failed or
 something was not found / not serving, 2 usage errors, 3 the turn was blocked."""
@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--memory-target", default=f"{DEFAULT_HOST}:{dict(SERVICES)['memory']}")
     export.add_argument("--timeout", type=_positive_float, default=30.0)
+    commands.add_parser(
+        "eval",
+        add_help=False,
+        help="evaluate on a data set: run (default), compare, calibrate; eval -h for more",
+    ).add_argument("eval_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -180,6 +185,11 @@ def run_trace(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default: sys.argv[1:]) and run the command; returns the exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"]:
+        from services.eval.cli import main as eval_main
+
+        return eval_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         if args.command == "chat":
