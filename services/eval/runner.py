@@ -92,6 +92,8 @@ class Turn:
     model: str = ""
     backend: str = ""
     template: str = ""
+    #: Turns of the item's history the gateway put in the prompt.
+    history_turns: int = 0
 
 
 def turn_from(result: TurnResult, latency_ms: float) -> Turn:
@@ -110,6 +112,7 @@ def turn_from(result: TurnResult, latency_ms: float) -> Turn:
         turn.backend = gen.Backend.Name(done.backend).removeprefix("BACKEND_").lower()
         t = done.prompt_template
         turn.template = f"{t.name}@{t.version}" if t.name else ""
+        turn.history_turns = done.memory.history_turns
     return turn
 
 
