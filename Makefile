@@ -18,7 +18,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup run proto proto-check test lint format bench eval-guard lock clean
+.PHONY: help setup run proto proto-check test lint format bench eval eval-guard lock clean
 
 help:
 	@echo "make run     start the local stack: all five services (services/stack/stack.toml)"
@@ -26,6 +26,7 @@ help:
 	@echo "make proto   regenerate the Python stubs from protos/"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks (JSON lines: name, value, baseline, ratio, unit)"
+	@echo "make eval    answer quality on the starter set against the running stack (EVAL_ARGS=...)"
 	@echo "make eval-guard  guardrail precision/recall/F1 per detector and policy"
 	@echo "make lock    re-pin requirements/lock.txt from pyproject.toml"
 
@@ -69,6 +70,11 @@ format: setup
 
 bench: setup
 	$(PY) -m loadtests.bench
+
+# Needs the stack running (`make run` in another terminal). Reports go to .state/eval/run;
+# a rerun resumes. CI gate: make eval EVAL_ARGS="--baseline base.json --max-drop 0.05" (exit 4).
+eval: setup
+	$(PY) -m services.cli eval $(EVAL_ARGS)
 
 eval-guard: setup
 	$(PY) -m services.guardrail.evaluate --json .state/eval-guard.json
