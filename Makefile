@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # gets a tool venv of its own, pinned by requirements/checkov.txt.
 CHECKOV_VENV := $(VENV)/tools/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
-EXTRAS := embedding,memory,generation,dev
+EXTRAS := embedding,memory,generation,dev,loadtest
 # llama.cpp builds without the multimodal library and without -march=native:
 # a native build can use CPU features (AMX) that a VM advertises but traps on,
 # and the wheel must run on any x86-64 machine with AVX2.
@@ -18,7 +18,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup run proto proto-check test lint format bench eval eval-guard lock clean
+.PHONY: help setup run proto proto-check test lint format bench eval eval-guard loadtest plan lock clean
 
 help:
 	@echo "make run     start the local stack: all five services (services/stack/stack.toml)"
@@ -28,6 +28,8 @@ help:
 	@echo "make bench   benchmarks (JSON lines: name, value, baseline, ratio, unit)"
 	@echo "make eval    answer quality on the starter set against the running stack (EVAL_ARGS=...)"
 	@echo "make eval-guard  guardrail precision/recall/F1 per detector and policy"
+	@echo "make loadtest  short Locust run on a local stack (simulator); report in .state/loadtest/"
+	@echo "make plan    capacity and cost plan from the newest loadtest summary (PLAN_ARGS=...)"
 	@echo "make lock    re-pin requirements/lock.txt from pyproject.toml"
 
 $(STAMP): pyproject.toml requirements/lock.txt
@@ -78,6 +80,15 @@ eval: setup
 
 eval-guard: setup
 	$(PY) -m services.guardrail.evaluate --json .state/eval-guard.json
+
+# A bounded headless Locust run (40 s, 4 users, loopback) against a stack it starts
+# itself; ATALAYA_LOADTEST_BACKEND=llamacpp for the real model; LOADTEST_ARGS adds options.
+loadtest: setup proto
+	$(PY) -m loadtests.locust.run $(LOADTEST_ARGS)
+
+# The plan from the newest loadtest summary (PLAN_ARGS: --users, --peak-factor, prices...).
+plan: setup
+	$(PY) -m loadtests.plan --summary "$$(ls -td .state/loadtest/*/ | head -1)summary.json" $(PLAN_ARGS)
 
 lock: setup
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"

@@ -1,5 +1,6 @@
 """atalaya (or python -m services.cli): chat, ask, status, trace, feedback,
-feedback-export, eval (run, compare, calibrate: services.eval.cli).
+feedback-export, eval (run, compare, calibrate: services.eval.cli), plan (capacity
+and cost from a load test: loadtests.plan).
 
 Exit codes: 0 success (answered, all SERVING, trace found), 1 a call failed or
 something was not found / not serving, 2 usage errors, 3 the turn was blocked."""
@@ -131,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         help="evaluate on a data set: run (default), compare, calibrate; eval -h for more",
     ).add_argument("eval_args", nargs=argparse.REMAINDER)
+    from loadtests import plan
+
+    plan.add_arguments(
+        commands.add_parser("plan", help="capacity and cost plan from a load test's summary")
+    )
     return parser
 
 
@@ -164,6 +170,12 @@ def _turn_settings(args: argparse.Namespace) -> gateway.TurnSettings:
         max_tokens=args.max_tokens,
         timeout_s=args.timeout,
     )
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from loadtests import plan
+
+    return plan.run(args)
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -202,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gateway.ask(_turn_settings(args), question, as_json=args.json, verbose=args.verbose)
             )
         simple = {"status": run_status, "trace": run_trace, "feedback-export": run_export}
+        simple["plan"] = run_plan
         if args.command in simple:
             return simple[args.command](args)
         return asyncio.run(
