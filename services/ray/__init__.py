@@ -1,0 +1,1 @@
+"""Atalaya's services as Ray Serve deployments (see services/ray/README.md)."""
