@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(1, -(-int(q * len(ordered) * 1000) // 1000))
-    return round(ordered[min(rank, len(ordered)) - 1], 3)
+    rank = min(max(1, math.ceil(q * len(ordered))), len(ordered))
+    return round(ordered[rank - 1], 3)
 
 
 def _score_block(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -92,6 +93,7 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "input": sum(int(r.get("input_tokens", 0)) for r in ok),
             "output": sum(int(r.get("output_tokens", 0)) for r in ok),
         },
+        "models": sorted({f"{r['model']} ({r['backend']})" for r in ok if r.get("model")}),
         "cost_usd": round(sum(costs), 8) if costs else None,
         "cost_priced_items": len(costs),
         "guard": guard,
@@ -203,7 +205,8 @@ def render_html(run: Mapping[str, Any]) -> str:
         ),
         ("tokens in / out", f"{agg['tokens']['input']} / {agg['tokens']['output']}"),
         ("cost USD", _cell(agg["cost_usd"]) or "not priced"),
-        ("policy / model", f"{fp.get('policy') or 'default'} / {fp.get('model') or 'default'}"),
+        ("policy", fp.get("policy") or "the gateway's default"),
+        ("model (backend)", ", ".join(agg.get("models", [])) or "none answered"),
         ("judge prompt", json.dumps(fp.get("judge_prompt"))),
     ]
     tags = [
@@ -223,7 +226,7 @@ def render_html(run: Mapping[str, Any]) -> str:
             "<title>Atalaya eval report</title>",
             f"<style>{_STYLE}</style></head><body>",
             "<h1>Atalaya eval report</h1>",
-            _table(("", ""), overview),
+            _table(("what", "value"), overview),
             "<h2>By tag</h2>",
             _table(("tag", "items", "scored", "score"), tags),
             "<h2>Items</h2>",
@@ -247,7 +250,8 @@ def format_summary(run: Mapping[str, Any]) -> str:
     lines = [
         f"items {agg['items']}: scored {agg['scored']}, unscored {agg['unscored']}, "
         f"errors {agg['errors']}",
-        f"aggregate score {_cell(agg['score']) or 'n/a'}",
+        f"aggregate score {_cell(agg['score']) or 'n/a'}"
+        + (f" (model {', '.join(agg['models'])})" if agg.get("models") else ""),
     ]
     for tag, b in agg["by_tag"].items():
         lines.append(f"  {tag:<16} {_cell(b['score']) or 'n/a':>8}  ({b['scored']}/{b['items']})")

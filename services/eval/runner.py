@@ -211,15 +211,11 @@ class Progress:
         width = 24
         filled = width * self.done // max(self.total, 1)
         bar = "#" * filled + "." * (width - filled)
-        line = (
-            f"eval [{bar}] {self.done}/{self.total}"
-            f"{f', {self.errors} failed' if self.errors else ''}"
-            f", {time.monotonic() - self._start:.1f} s"
-        )
-        if self._tty:
-            self._out.write("\r" + line)
-        elif self.done in (0, self.total) or self.done % 10 == 0 or not self.errors:
-            self._out.write(line + "\n")
+        failed = f", {self.errors} failed" if self.errors else ""
+        elapsed = time.monotonic() - self._start
+        line = f"eval [{bar}] {self.done}/{self.total}{failed}, {elapsed:.1f} s"
+        # A terminal gets one line rewritten in place; a log gets a line per item.
+        self._out.write("\r" + line if self._tty else line + "\n")
         self._out.flush()
 
     def close(self) -> None:

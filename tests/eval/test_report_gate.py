@@ -141,3 +141,13 @@ def test_compare_shows_item_differences_and_the_aggregate_delta(tmp_path: Path) 
     data = json.loads(out.getvalue())
     assert data["score_delta"] == -0.25 and data["by_tag"]["ai"] == 0.25
     assert [d["id"] for d in data["items"] if d["guard_flipped"]] == ["g"]
+
+
+def test_atalaya_eval_is_a_command_of_the_atalaya_cli(tmp_path: Path, capsys: Any) -> None:
+    from services.cli.__main__ import main
+
+    report.write_reports(run_of(baseline_records()), tmp_path)
+    assert main(["eval", "compare", str(tmp_path), str(tmp_path / "run.json")]) == 0
+    assert "aggregate: A 0.833333, B 0.833333, delta +0" in capsys.readouterr().out
+    assert main(["eval", "--dataset", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
