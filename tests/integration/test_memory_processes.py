@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -63,7 +64,16 @@ async def test_acknowledged_writes_survive_kill_9(
 
     restarted = memory_proc(fresh_dsn, port=memory.port)
     async with MemoryClient.connect(restarted.target) as client:
-        history = await client.get_history(user_id="u", session_id="s")
+        # The new process is SERVING; a connection opened while the kernel is still
+        # tearing down the killed one's can be reset once, so the first read retries.
+        for attempt in range(20):
+            try:
+                history = await client.get_history(user_id="u", session_id="s")
+                break
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == 19:
+                    raise
+                await asyncio.sleep(0.25)
         found = await client.recall(user_id="u", text="where do I live?", k=1)
     assert [m.content for m in history.turns[0].messages] == ["hola", "¡Hola!"]
     assert found.memories[0].memory_id == stored.memory_ids[0]
