@@ -349,6 +349,7 @@ class AtalayaUser(User):
             e2e_ms=m.e2e_ms,
             ttft_ms=m.ttft_ms if ok else None,
             tpot_ms=m.tpot_ms if ok else None,
+            tail_ms=m.tail_ms if ok else None,
             input_tokens=done.usage.input_tokens if done is not None else 0,
             output_tokens=tokens,
             blocked=blocked,

@@ -5,9 +5,13 @@ Definitions (those of vLLM's `benchmarks/benchmark_serving.py`, so figures compa
   TTFT  time to first token: request sent -> first chunk carrying text.
   ITL   inter-token latency: every gap between two successive chunks, pooled over
         all requests (a chunk holding several tokens gives one gap, not several).
-  TPOT  time per output token, excluding the first: (E2E - TTFT) / (tokens - 1);
-        undefined for replies of fewer than 2 tokens.
-  E2E   end-to-end latency: request sent -> end of the stream.
+  TPOT  time per output token, excluding the first: (latency - TTFT) / (tokens - 1),
+        where latency is vLLM's: request sent -> the last chunk carrying text.
+        Undefined for replies of fewer than 2 tokens.
+  E2E   end-to-end latency: request sent -> end of the stream (the gateway's `done`).
+        It exceeds vLLM's latency by the tail: what the gateway does after the last
+        token (the final output verdict, storing the turn), reported as `tail_ms`
+        so it does not inflate TPOT.
 
 A chat turn that was blocked (the guardrail stopped it) has no reply: it keeps its
 E2E but has no TTFT/TPOT, and it is left out of SLO attainment and goodput.
@@ -34,6 +38,7 @@ class StreamMetrics:
     e2e_ms: float
     itl_ms: tuple[float, ...]
     output_tokens: int
+    tail_ms: float | None = None  # last text chunk -> end of the stream
 
 
 def stream_metrics(
@@ -49,9 +54,10 @@ def stream_metrics(
     if not chunk_times_s:
         return StreamMetrics(None, None, e2e, (), output_tokens)
     ttft = (chunk_times_s[0] - sent_s) * 1000.0
+    latency = (chunk_times_s[-1] - sent_s) * 1000.0
     itl = tuple((b - a) * 1000.0 for a, b in itertools.pairwise(chunk_times_s))
-    tpot = (e2e - ttft) / (output_tokens - 1) if output_tokens > 1 else None
-    return StreamMetrics(ttft, tpot, e2e, itl, output_tokens)
+    tpot = (latency - ttft) / (output_tokens - 1) if output_tokens > 1 else None
+    return StreamMetrics(ttft, tpot, e2e, itl, output_tokens, e2e - latency)
 
 
 @dataclass
@@ -66,6 +72,7 @@ class RequestRecord:
     e2e_ms: float
     ttft_ms: float | None = None
     tpot_ms: float | None = None
+    tail_ms: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     blocked: bool = False

@@ -192,6 +192,7 @@ def build_summary(data: RunData) -> dict[str, Any]:
             "tpot_ms": summarize([r.tpot_ms for r in ok if r.tpot_ms is not None]),
             "itl_ms": summarize(data.itl_ms),
             "e2e_ms": summarize([r.e2e_ms for r in ok]),
+            "tail_ms": summarize([r.tail_ms for r in ok if r.tail_ms is not None]),
             "input_tokens_mean": sum(r.input_tokens for r in ok) / len(ok) if ok else None,
             "output_tokens_mean": out_tokens / len(ok) if ok else None,
             "output_tokens_per_s": out_tokens / duration,
@@ -372,7 +373,7 @@ def render_html(summary: dict[str, Any], images: dict[str, str]) -> str:
     chat, g, mc = summary["chat"], summary["goodput"], summary["measurement_check"]
     rows = []
     for label, key in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"),
-                       ("E2E", "e2e_ms")):  # fmt: skip
+                       ("E2E", "e2e_ms"), ("tail (last token -> done)", "tail_ms")):  # fmt: skip
         s = chat[key]
         cells = "".join(f"<td>{_fmt(s[k])}</td>" for k in ("count", "mean", "p50", "p90",
                                                           "p95", "p99"))  # fmt: skip
