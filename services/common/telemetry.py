@@ -73,9 +73,10 @@ def setup_telemetry(service: str) -> Telemetry:
     """Install global tracer and meter providers for `service` from OTEL_* env."""
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return Telemetry(None, None)
-    resource = Resource.create(
-        {"service.name": f"atalaya-{service}", "service.namespace": "atalaya"}
-    )
+    attributes = {"service.namespace": "atalaya"}
+    if not os.environ.get("OTEL_SERVICE_NAME"):  # the standard variable wins
+        attributes["service.name"] = f"atalaya-{service}"
+    resource = Resource.create(attributes)
 
     tracer_provider = TracerProvider(resource=resource)
     kind = _exporter_kind("traces")
