@@ -213,9 +213,16 @@ def format_plan(p: dict[str, Any]) -> str:
     i = p["inputs"]
     upr = p["users_per_replica"]
     at_least = "at least " if p["users_per_replica_is_lower_bound"] else ""
+    measured = sorted(row["users"] for row in p["levels"])
+    found = (
+        f"{at_least}{upr}"
+        if upr
+        else f"no level met the SLO (levels measured: {measured or 'none'}; test fewer "
+        "users, a step ramp, or give --users-per-replica)"
+    )
     lines = [
         "Capacity",
-        f"  users per replica at the SLO: {at_least}{upr or 'none met the SLO'}",
+        f"  users per replica at the SLO: {found}",
         f"  replicas for {i['concurrent_users']:g} concurrent users x peak {i['peak_factor']:g}: "
         f"{p['replicas'] if p['replicas'] is not None else '-'}",
         "Cost per user per day",

@@ -285,6 +285,7 @@ def _latency_over_time(data: RunData) -> str:
             color="grey", alpha=0.5, label="users",
         )  # fmt: skip
         users_ax.set_ylabel("users (grey)")
+        users_ax.set_ylim(bottom=0, top=max(s["users"] for s in data.samples) * 1.1 + 1)
     axes[-1].set_xlabel("seconds since start (by request start)")
     fig.suptitle("Chat latency percentiles over time")
     return _png(fig)
