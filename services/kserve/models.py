@@ -115,22 +115,27 @@ def _request_id(payload: Payload, headers: Headers) -> str:
 class HostedModel(Model):  # type: ignore[misc]
     """A kserve Model owning one Atalaya `Service` through its lifecycle. kserve
     registers only models that say they are ready, so `ready` is set at once; the
-    service starts in the server's event loop (`start_engine`), and `healthy` —
-    what the V1/V2 readiness endpoints report — follows the service."""
+    service is built and started in the server's event loop (`start_engine`: its
+    gRPC clients must belong to that loop), and `healthy` — what the V1/V2
+    readiness endpoints report — follows the service."""
 
-    def __init__(self, name: str, service: Service) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__(name)
-        self.service = service
+        self.service: Service | None = None
         self.ready = True
         self.engine = True  # kserve then awaits start_engine() in its event loop
         self._started = False
 
+    def build(self) -> Service:
+        raise NotImplementedError
+
     async def start_engine(self) -> None:
+        self.service = self.build()
         await self.service.start()
         self._started = True
 
     async def healthy(self) -> bool:
-        return self._started and await self.service.ready()
+        return self._started and self.service is not None and await self.service.ready()
 
     def stop_engine(self) -> None:
         self._started = False
@@ -161,11 +166,15 @@ class HostedModel(Model):  # type: ignore[misc]
 
 class EmbeddingModel(HostedModel):
     def __init__(self, name: str, settings: EmbeddingSettings) -> None:
+        super().__init__(name)
+        self._settings = settings
+
+    def build(self) -> Service:
         from services.embedding.server import build
 
-        service = build(settings)
-        super().__init__(name, service)
+        service = build(self._settings)
         self._core = service.core
+        return service
 
     async def infer_v1(self, payload: dict[str, Any], headers: Headers) -> dict[str, Any]:
         texts = payload["instances"]
@@ -208,11 +217,15 @@ def _bytes_output(name: str, values: Sequence[str]) -> InferOutput:
 
 class GuardrailModel(HostedModel):
     def __init__(self, name: str, settings: GuardrailSettings) -> None:
+        super().__init__(name)
+        self._settings = settings
+
+    def build(self) -> Service:
         from services.guardrail.server import build
 
-        service = build(settings)
-        super().__init__(name, service)
+        service = build(self._settings)
         self._core: GuardrailCore = service.core
+        return service
 
     def _call_v1(self, instance: object, request_id: str) -> ClassifyCall:
         if isinstance(instance, str):

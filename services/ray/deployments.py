@@ -94,7 +94,10 @@ class GuardrailDeployment(HostedService):
         from services.guardrail.servicer import GuardrailServicer
 
         configure_logging("guardrail", settings.log_level)
-        service = build(settings, embedder=HandleEmbedder(_handle(EMBEDDING, embedding_app)))
+        embedder = HandleEmbedder(
+            _handle(EMBEDDING, embedding_app), timeout_s=settings.embedding.timeout_s
+        )
+        service = build(settings, embedder=embedder)
         self._servicer = GuardrailServicer(service.core)
         await self._start(service)
 
@@ -144,7 +147,10 @@ class MemoryDeployment(HostedService):
         from services.memory.servicer import MemoryServicer
 
         configure_logging("memory", settings.log_level)
-        service = build(settings, embedder=HandleEmbedder(_handle(EMBEDDING, embedding_app)))
+        embedder = HandleEmbedder(
+            _handle(EMBEDDING, embedding_app), timeout_s=settings.embedding.timeout_s
+        )
+        service = build(settings, embedder=embedder)
         self._servicer = MemoryServicer(service.core)
         await self._start(service)
 

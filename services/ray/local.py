@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ class LocalServe:
         self.cluster = cluster
         self._embedded: Any = None
         self._started_ray = False
+        self._owned_temp_dir: Path | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -63,7 +65,7 @@ class LocalServe:
             temp_dir = state / "ray"
             temp_dir.mkdir(parents=True, exist_ok=True)
         else:
-            temp_dir = Path(tempfile.mkdtemp(prefix="atalaya-ray-"))
+            temp_dir = self._owned_temp_dir = Path(tempfile.mkdtemp(prefix="atalaya-ray-"))
         ray.init(
             address="local",
             num_cpus=self.cluster.num_cpus,  # type: ignore[arg-type]
@@ -126,6 +128,9 @@ class LocalServe:
             finally:
                 ray.shutdown()  # type: ignore[no-untyped-call]
                 self._started_ray = False
+        if self._owned_temp_dir is not None:
+            shutil.rmtree(self._owned_temp_dir, ignore_errors=True)
+            self._owned_temp_dir = None
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
