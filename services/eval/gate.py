@@ -1,7 +1,9 @@
 """The regression gate: a run fails against a baseline when its aggregate score
-dropped by more than `max_drop`, or when a guard case that passed in the
-baseline fails now (a flip). CI runs `atalaya eval --baseline base.json
---max-drop 0.05` and fails the build on exit code 4."""
+dropped by more than `max_drop`, when a guard case that passed in the baseline
+fails now (a flip), or when an item the baseline scored has no score now
+(unscored, failed or left out: the mean over fewer items could hide a drop).
+CI runs `atalaya eval --baseline base.json --max-drop 0.05` and fails the build
+on exit code 4."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class GateResult:
     max_drop: float
     guard_flips: list[str] = field(default_factory=list)
     missing_guard_cases: list[str] = field(default_factory=list)
+    lost_scores: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
     def format(self) -> str:
@@ -54,6 +57,13 @@ def check(run: Mapping[str, Any], baseline: Mapping[str, Any], max_drop: float) 
             missing.append(r["id"])
         elif current.get("guard_pass") is False:
             flips.append(r["id"])
+    lost = [
+        r["id"]
+        for r in baseline["items"]
+        if r.get("score") is not None and now.get(r["id"], {}).get("score") is None
+    ]
+    if lost:
+        reasons.append(f"items scored in the baseline have no score now: {', '.join(lost)}")
     if flips:
         reasons.append(f"guard cases that passed in the baseline fail now: {', '.join(flips)}")
     if missing:
@@ -66,5 +76,6 @@ def check(run: Mapping[str, Any], baseline: Mapping[str, Any], max_drop: float) 
         max_drop=max_drop,
         guard_flips=flips,
         missing_guard_cases=missing,
+        lost_scores=lost,
         reasons=reasons,
     )

@@ -151,3 +151,14 @@ def test_atalaya_eval_is_a_command_of_the_atalaya_cli(tmp_path: Path, capsys: An
     assert "aggregate: A 0.833333, B 0.833333, delta +0" in capsys.readouterr().out
     assert main(["eval", "--dataset", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_the_gate_fails_when_an_item_loses_its_score() -> None:
+    # b is no longer scored (say the judge failed): the mean over the rest rises,
+    # but the gate does not let that hide anything
+    now = baseline_records()
+    now[1] = record("b", None, tags=("ai", "en"))
+    result = gate.check(run_of(now), run_of(baseline_records()), max_drop=0.05)
+    assert result.drop is not None and result.drop < 0
+    assert not result.passed and result.lost_scores == ["b"]
+    assert "have no score now: b" in result.format()
