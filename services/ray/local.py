@@ -95,7 +95,7 @@ class LocalServe:
             return
         from services.memory.embedded import EmbeddedPostgres
 
-        self._embedded = EmbeddedPostgres(self.cluster.state_dir / "memory")
+        self._embedded = EmbeddedPostgres(self.cluster.state_dir / "ray-memory")
         # Ray workers inherit this process's environment.
         os.environ["ATALAYA_MEMORY_DSN"] = self._embedded.start()
 
