@@ -187,16 +187,25 @@ def _sample(environment: Environment) -> None:
     its CPU saturation warning)."""
     process = psutil.Process()
     process.cpu_percent()
+    warned = False
     while True:
         gevent.sleep(SAMPLE_INTERVAL_S)
         runner = environment.runner
+        cpu = process.cpu_percent()
         RUN.samples.append(
             {
                 "t": time.time(),
                 "users": float(runner.user_count if runner else 0),
-                "cpu_percent": process.cpu_percent(),
+                "cpu_percent": cpu,
             }
         )
+        if cpu >= report.CPU_SATURATION_PERCENT and not warned:
+            warned = True
+            log.warning(
+                "the load generator's CPU is at %.0f%% of a core: latencies from now on "
+                "include its own queueing (fewer users per process, or --processes N)",
+                cpu,
+            )
 
 
 def _scrape_server_metrics(urls: str) -> dict[str, float]:
