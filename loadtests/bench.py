@@ -43,6 +43,7 @@ import numpy.typing as npt
 from loadtests.gateway_bench import GATEWAY_FIGURES, bench_gateway
 from loadtests.generation_bench import GENERATION_FIGURES, bench_generation
 from loadtests.guard_bench import GUARD_FIGURES, bench_guard
+from loadtests.runtime_bench import RUNTIME_FIGURES, bench_runtime
 from services.client import EmbeddingClient, MemoryClient
 from services.memory.config import MemorySettings
 from services.stack.process import HOST, ServiceProcess, free_port
@@ -60,6 +61,7 @@ GROUPS = {
     "generation": GENERATION_FIGURES,
     "guard": GUARD_FIGURES,
     "gateway": GATEWAY_FIGURES,
+    "runtime_overhead": RUNTIME_FIGURES,
 }
 
 Floats = npt.NDArray[np.float32]
@@ -913,6 +915,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         *GENERATION_FIGURES,
         *GUARD_FIGURES,
         *GATEWAY_FIGURES,
+        *RUNTIME_FIGURES,
         *GROUPS,
     )
     parser.add_argument(
@@ -1001,6 +1004,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if selected & set(GATEWAY_FIGURES):
             progress("gateway: turn and token overhead over generation")
             bench_gateway(args, workdir, out, Figure)
+        if selected & set(RUNTIME_FIGURES):
+            progress("runtime_overhead: one unary call on grpc.aio, Ray Serve and KServe")
+            bench_runtime(args, workdir, out, Figure)
     progress(f"done in {time.perf_counter() - _STARTED:.0f}s")
     return 0
 
