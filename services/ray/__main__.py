@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{READY_LINE}: gRPC {serve.grpc_target}, applications {serve.app_names}", flush=True)
         stop.wait()
         print("stopping", flush=True)
+    except KeyboardInterrupt:  # Ctrl-C while starting
+        print("stopping", flush=True)
+        return 130
     except Exception as exc:
         print(f"failed: {exc}", file=sys.stderr, flush=True)
         return 1
