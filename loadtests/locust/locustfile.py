@@ -13,10 +13,10 @@ weighted tasks:
   classify  GuardrailService.Classify of one prompt (the "fast" policy by default)
   recall    MemoryService.Recall of the user's memories for one prompt
 
-Besides the gRPC calls (request type "grpc"), every chat turn fires custom
-metrics, request types TTFT, TPOT and ITL (one per gap between chunks), name
-"chat", so they show in the web UI and in the CSVs (the time columns are
-milliseconds; "grpc gateway.Chat" is the end-to-end latency). Every user action
+Besides the gRPC calls (request type "grpc"), every completed chat turn fires
+custom metrics, request types TTFT, TPOT, E2E and ITL (one per gap between
+chunks), name "chat", so they show in the web UI and in the CSVs (the time
+columns are milliseconds). Every user action
 is one span ("loadtest.<task>") whose context goes out as `traceparent`, so the
 services' spans of that call join its trace.
 
@@ -25,6 +25,7 @@ Settings: `--help` lists them under "Atalaya"; each also reads ATALAYA_LOADTEST_
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import logging
@@ -49,6 +50,8 @@ from atalaya.memory.v1 import memory_pb2, memory_pb2_grpc
 from grpc.experimental import gevent as grpc_gevent
 from locust import LoadTestShape, User, events
 from locust.env import Environment
+from locust.rpc import Message
+from locust.runners import MasterRunner, WorkerRunner
 from opentelemetry import propagate, trace
 
 from loadtests.locust import report
@@ -63,6 +66,10 @@ grpc_gevent.init_gevent()
 
 log = logging.getLogger("atalaya.loadtest")
 
+#: The message a worker sends the master at the end of a test (distributed runs).
+RUN_MESSAGE = "atalaya_run"
+#: How long the master waits for every worker's records before writing the report.
+WORKER_WAIT_S = 15.0
 #: Bounds on what one run keeps in memory (the report says when they were hit).
 MAX_RECORDS = 200_000
 MAX_ITL_SAMPLES = 2_000_000
@@ -75,8 +82,9 @@ MODERATION = {
 
 @dataclass
 class RunState:
-    """What one Locust process collects during a test (local runs; in distributed
-    mode each worker keeps its own and Locust's own stats are the merged view)."""
+    """What one Locust process collects during a test. In a distributed run
+    (--processes N, or --master/--worker) each worker sends its part to the master
+    at the end of the test, and the master writes the report."""
 
     settings: LoadSettings = field(default_factory=LoadSettings)
     conversations: list[Conversation] = field(default_factory=list)
@@ -87,16 +95,18 @@ class RunState:
     dropped_records: int = 0
     requests_sent: int = 0
     started_s: float = 0.0
-    stopping: bool = False
     cpu_warnings: int = 0
     server_before: dict[str, float] = field(default_factory=dict)
     telemetry: Telemetry | None = None
     sampler: Any = None
+    worker_runs: int = 0
+    worker_cpu_percent: list[float] = field(default_factory=list)
 
     def reset(self) -> None:
         self.records, self.itl_ms, self.samples = [], array("d"), []
+        self.worker_runs, self.worker_cpu_percent = 0, []
         self.dropped_records = self.requests_sent = self.cpu_warnings = 0
-        self.started_s, self.stopping = time.time(), False
+        self.started_s = time.time()
 
     def add(self, record: RequestRecord, itl_ms: tuple[float, ...] = ()) -> None:
         if len(self.records) < MAX_RECORDS:
@@ -134,6 +144,21 @@ def _on_init(environment: Environment, **_: Any) -> None:
         "recall": AtalayaUser.recall,
     }
     AtalayaUser.tasks = [methods[n] for n, w in settings.weights.items() for _ in range(w)]
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message(RUN_MESSAGE, _on_worker_run)
+
+
+def _on_worker_run(msg: Any, **_: Any) -> None:
+    """On the master: one worker's records, ITL gaps and CPU samples."""
+    data = msg.data
+    for item in data["records"]:
+        RUN.add(RequestRecord.from_json(item))
+    room = MAX_ITL_SAMPLES - len(RUN.itl_ms)
+    RUN.itl_ms.extend(data["itl_ms"][: max(room, 0)])
+    RUN.worker_cpu_percent.extend(data["cpu_percent"])
+    RUN.cpu_warnings += data["cpu_warnings"]
+    RUN.dropped_records += data["dropped_records"]
+    RUN.worker_runs += 1
 
 
 @events.test_start.add_listener
@@ -150,11 +175,34 @@ def _on_cpu_warning(**_: Any) -> None:
 
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
-    RUN.stopping = True
+    stopped_s = time.time()
     if RUN.sampler is not None:
         RUN.sampler.kill(block=False)
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.send_message(
+            RUN_MESSAGE,
+            {
+                "records": [r.to_json() for r in RUN.records],
+                "itl_ms": list(RUN.itl_ms),
+                "cpu_percent": [s["cpu_percent"] for s in RUN.samples],
+                "cpu_warnings": RUN.cpu_warnings,
+                "dropped_records": RUN.dropped_records,
+            },
+        )
+        return
     if not RUN.settings.report_dir:
         return
+    if isinstance(runner, MasterRunner):
+        if runner.user_count > 0:
+            # A headless run ends with quit(), which stops the master before it tells
+            # the workers: stop them now, so their records arrive before the report.
+            for client in runner.clients.all:
+                runner.server.send_to_client(Message("stop", None, client.id))
+        deadline = time.monotonic() + WORKER_WAIT_S
+        while RUN.worker_runs < runner.worker_count and time.monotonic() < deadline:
+            gevent.sleep(0.2)
+        _users_from_samples(RUN.records, RUN.samples)
     server_after = _scrape_server_metrics(RUN.settings.server_metrics)
     server = {k: server_after[k] - RUN.server_before.get(k, 0.0) for k in server_after}
     folder = Path(RUN.settings.report_dir)
@@ -166,9 +214,10 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
             samples=RUN.samples,
             settings=RUN.settings,
             started_s=RUN.started_s,
-            stopped_s=time.time(),
+            stopped_s=stopped_s,
             dropped_records=RUN.dropped_records,
             locust_cpu_warnings=RUN.cpu_warnings,
+            worker_cpu_percent=RUN.worker_cpu_percent,
             server_metrics=server,
             run_id=RUN.run_id,
         ),
@@ -180,6 +229,15 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
 def _on_quitting(**_: Any) -> None:
     if RUN.telemetry is not None:
         RUN.telemetry.shutdown()
+
+
+def _users_from_samples(records: list[RequestRecord], samples: list[dict[str, float]]) -> None:
+    """A worker knows only its own users: give each record the master's total at its
+    start (the last sample before it)."""
+    times = [s["t"] for s in samples]
+    for r in records:
+        i = bisect.bisect_right(times, r.start_s) - 1
+        r.users = int(samples[max(i, 0)]["users"]) if samples else r.users
 
 
 def _sample(environment: Environment) -> None:
@@ -376,6 +434,7 @@ class AtalayaUser(User):
                 self._fire("TTFT", "chat", m.ttft_ms, tokens)
             if m.tpot_ms is not None:
                 self._fire("TPOT", "chat", m.tpot_ms, tokens)
+            self._fire("E2E", "chat", m.e2e_ms, tokens)
             for gap in m.itl_ms:
                 self._fire("ITL", "chat", gap, 0)
         RUN.add(record, m.itl_ms if ok and not blocked else ())

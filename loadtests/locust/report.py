@@ -49,6 +49,7 @@ class RunData:
     stopped_s: float
     dropped_records: int = 0
     locust_cpu_warnings: int = 0
+    worker_cpu_percent: list[float] = field(default_factory=list)  # distributed runs
     server_metrics: dict[str, float] = field(default_factory=dict)
     run_id: str = ""
 
@@ -138,7 +139,7 @@ def measurement_check(data: RunData) -> dict[str, Any]:
 
 
 def generator_health(data: RunData) -> dict[str, Any]:
-    cpu = [s["cpu_percent"] for s in data.samples]
+    cpu = [s["cpu_percent"] for s in data.samples] + list(data.worker_cpu_percent)
     saturated = sum(1 for c in cpu if c >= CPU_SATURATION_PERCENT)
     warning = None
     if saturated or data.locust_cpu_warnings:
@@ -461,6 +462,7 @@ def write_report(folder: Path, data: RunData) -> dict[str, Any]:
                 "stopped_s": data.stopped_s,
                 "dropped_records": data.dropped_records,
                 "locust_cpu_warnings": data.locust_cpu_warnings,
+                "worker_cpu_percent": data.worker_cpu_percent,
                 "server_metrics": data.server_metrics,
                 "run_id": data.run_id,
             }

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,18 +45,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, int
         yield s, metrics_port
 
 
-def test_headless_run_writes_the_report(stack: tuple[Stack, int], tmp_path: Path) -> None:
-    s, metrics_port = stack
-    out = tmp_path / "report"
+def run_locust(s: Stack, metrics_port: int, out: Path, *extra: str) -> dict[str, Any]:
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "-u", "3", "-r", "3", "-t", "15s", "--csv", str(out / "locust"),
-        "--only-summary", "--loglevel", "WARNING", "--report-dir", str(out),
+        "--csv", str(out / "locust"), "--only-summary", "--loglevel", "WARNING",
+        "--report-dir", str(out),
         f"--gateway={s.target('gateway')}", f"--embedding={s.target('embedding')}",
         f"--guardrail={s.target('guardrail')}", f"--memory={s.target('memory')}",
         "--moderation=optimistic", "--max-tokens=24", "--think-min-s=0.1", "--think-max-s=0.4",
         "--chat-weight=6", "--max-requests=2000",
-        f"--server-metrics=http://127.0.0.1:{metrics_port}/metrics",
+        f"--server-metrics=http://127.0.0.1:{metrics_port}/metrics", *extra,
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -68,8 +67,14 @@ def test_headless_run_writes_the_report(stack: tuple[Stack, int], tmp_path: Path
         command, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert (out / "summary.json").exists(), done.stderr[-3000:]
+    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    return summary
 
-    summary = json.loads((out / "summary.json").read_text())
+
+def test_headless_run_writes_the_report(stack: tuple[Stack, int], tmp_path: Path) -> None:
+    s, metrics_port = stack
+    out = tmp_path / "report"
+    summary = run_locust(s, metrics_port, out, "-u", "3", "-r", "3", "-t", "15s")
     chat = summary["chat"]
     assert chat["completed"] >= 5, summary
     for metric in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
@@ -86,7 +91,7 @@ def test_headless_run_writes_the_report(stack: tuple[Stack, int], tmp_path: Path
     # Locust's own CSVs carry the custom metrics (TTFT, TPOT, ITL) next to the calls.
     with (out / "locust_stats.csv").open() as f:
         rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
-    for key in (("grpc", "gateway.Chat"), ("TTFT", "chat"), ("TPOT", "chat"), ("ITL", "chat")):
+    for key in [("grpc", "gateway.Chat")] + [(t, "chat") for t in ("TTFT", "TPOT", "E2E", "ITL")]:
         assert int(rows[key]["Request Count"]) > 0, key
     assert (out / "locust_stats_history.csv").stat().st_size > 0
 
@@ -100,3 +105,18 @@ def test_headless_run_writes_the_report(stack: tuple[Stack, int], tmp_path: Path
     assert load
     joined = {sp.trace_id for sp in spans if sp.service == "atalaya-gateway"} & load
     assert joined
+
+
+def test_distributed_run_merges_the_workers(stack: tuple[Stack, int], tmp_path: Path) -> None:
+    """With --processes 2 each worker sends its records to the master, which writes
+    one report for the whole run."""
+    s, metrics_port = stack
+    summary = run_locust(
+        s, metrics_port, tmp_path, "--processes", "2", "-u", "4", "-r", "4", "-t", "10s"
+    )
+    chat = summary["chat"]
+    assert chat["completed"] >= 4
+    assert chat["ttft_ms"]["p50"] > 0 and summary["goodput"]["goodput_rps"] > 0
+    assert summary["users"]["max"] == 4
+    # Each record carries the master's total of running users, not a worker's.
+    assert {row["users"] for row in summary["by_users"]} == {4}
