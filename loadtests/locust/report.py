@@ -130,6 +130,8 @@ def measurement_check(data: RunData) -> dict[str, Any]:
             "server_mean_ms": 1000.0 * m["gateway_ttft_sum"] / m["gateway_ttft_count"],
             "server_count": m["gateway_ttft_count"],
             "client_mean_ms": sum(client) / len(client) if client else None,
+            "client_count": len(client),
+            "note": "the server also counts turns cut off when the test stopped",
         }
     if m.get("generation_ttft_count"):
         out["generation_mean_ttft_ms"] = (
