@@ -53,6 +53,7 @@ from locust.env import Environment
 from locust.rpc import Message
 from locust.runners import MasterRunner, WorkerRunner
 from opentelemetry import propagate, trace
+from opentelemetry.trace import Status, StatusCode
 
 from loadtests.locust import report
 from loadtests.locust.metrics import RequestRecord, stream_metrics
@@ -281,6 +282,19 @@ def _scrape_server_metrics(urls: str) -> dict[str, float]:
     return out
 
 
+Attr = str | int | float | bool
+
+
+@dataclass
+class Action:
+    """One user action's span, as the task sees it."""
+
+    metadata: tuple[tuple[str, str], ...]
+    trace_id: str
+    status: str = "OK"
+    attributes: dict[str, Attr] = field(default_factory=dict)
+
+
 class GrpcError(Exception):
     """A failed call, named by its status code so Locust groups failures by code."""
 
@@ -359,14 +373,18 @@ class AtalayaUser(User):
 
     # -- tasks -------------------------------------------------------------------
 
-    def chat(self) -> None:
-        s = RUN.settings
+    def _next_message(self) -> tuple[Conversation, str]:
+        """The next turn of the current conversation; a new one (and session) after its last."""
         if self.conversation is None or self.turn >= len(self.conversation.turns):
             self.conversation = random.choice(RUN.conversations)
             self.turn = 0
             self.session_id = f"{self.user_id}-s{next(self.sessions)}"
-        message = self.conversation.turns[self.turn].user
         self.turn += 1
+        return self.conversation, self.conversation.turns[self.turn - 1].user
+
+    def chat(self) -> None:
+        s = RUN.settings
+        conversation, message = self._next_message()
         request = gateway_pb2.ChatRequest(
             request_id=uuid.uuid4().hex,
             user_id=self.user_id,
@@ -378,35 +396,34 @@ class AtalayaUser(User):
                 max_tokens=s.max_tokens,
             ),
         )
-        attributes: dict[str, str | int] = {
-            "atalaya.loadtest.conversation": self.conversation.id,
+        attributes: dict[str, Attr] = {
+            "atalaya.loadtest.conversation": conversation.id,
             "atalaya.loadtest.turn": self.turn,
         }
-        with self._action("chat", attributes) as (metadata, trace_id):
+        with self._action("chat", attributes) as action:
             users, wall, sent = self._begin()
-            chunks: list[float] = []
-            delta_tokens, blocked, status = 0, False, "OK"
-            done: gateway_pb2.Done | None = None
+            stream = _Stream()
+            status = "OK"
             try:
-                stream = self.gateway.Chat(request, timeout=s.request_timeout_s, metadata=metadata)
-                for event in stream:
-                    kind = event.WhichOneof("event")
-                    if kind == "delta":
-                        if event.delta.text:
-                            chunks.append(time.perf_counter())
-                        delta_tokens += event.delta.token_count
-                    elif kind == "blocked":
-                        blocked = True
-                    elif kind == "done":
-                        done = event.done
+                stream.read(
+                    self.gateway.Chat(
+                        request, timeout=s.request_timeout_s, metadata=action.metadata
+                    )
+                )
             except grpc.RpcError as exc:
                 status = _code_name(exc)
             end = time.perf_counter()
-        ok = status == "OK" and done is not None
-        if status == "OK" and done is None:
-            status = "NO_DONE"
-        tokens = (done.usage.output_tokens if done is not None else 0) or delta_tokens
-        m = stream_metrics(sent, chunks, end, tokens)
+            done, blocked = stream.done, stream.blocked
+            ok = status == "OK" and done is not None
+            if status == "OK" and done is None:
+                status = "NO_DONE"
+            tokens = (done.usage.output_tokens if done is not None else 0) or stream.delta_tokens
+            m = stream_metrics(sent, stream.chunks, end, tokens)
+            action.status = status
+            action.attributes["gen_ai.usage.output_tokens"] = tokens
+            action.attributes["atalaya.loadtest.blocked"] = blocked
+            if m.ttft_ms is not None:
+                action.attributes["atalaya.loadtest.ttft_ms"] = m.ttft_ms
         record = RequestRecord(
             task="chat",
             start_s=wall,
@@ -425,7 +442,7 @@ class AtalayaUser(User):
                 if done is not None and "ttft" in done.timing.phases_ms
                 else None
             ),
-            trace_id=trace_id,
+            trace_id=action.trace_id,
         )
         name = "gateway.Chat blocked" if blocked else "gateway.Chat"
         self._fire("grpc", name, m.e2e_ms, tokens, status)
@@ -497,10 +514,9 @@ class AtalayaUser(User):
         return (runner.user_count if runner else 0), time.time(), time.perf_counter()
 
     @contextlib.contextmanager
-    def _action(
-        self, task: str, attributes: dict[str, str | int] | None = None
-    ) -> Iterator[tuple[tuple[tuple[str, str], ...], str]]:
-        """One span per user action; yields the gRPC metadata carrying its context."""
+    def _action(self, task: str, attributes: dict[str, Attr] | None = None) -> Iterator[Action]:
+        """One span per user action; the Action carries the gRPC metadata holding the
+        span's context, and brings back the call's status and figures."""
         tracer = trace.get_tracer("atalaya.loadtest")
         with tracer.start_as_current_span(f"loadtest.{task}", kind=trace.SpanKind.CLIENT) as span:
             span.set_attribute("atalaya.loadtest.task", task)
@@ -509,18 +525,26 @@ class AtalayaUser(User):
                 span.set_attribute(key, value)
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
-            trace_id = format(span.get_span_context().trace_id, "032x")
-            yield tuple(carrier.items()), trace_id
+            action = Action(
+                tuple(carrier.items()), format(span.get_span_context().trace_id, "032x")
+            )
+            yield action
+            span.set_attribute("rpc.grpc.status_code", action.status)
+            for key, value in action.attributes.items():
+                span.set_attribute(key, value)
+            if action.status != "OK":
+                span.set_status(Status(StatusCode.ERROR, action.status))
 
     def _unary(self, task: str, name: str, call: Callable[[Any], object]) -> None:
-        with self._action(task) as (metadata, trace_id):
+        with self._action(task) as action:
             users, wall, sent = self._begin()
             status = "OK"
             try:
-                call(metadata)
+                call(action.metadata)
             except grpc.RpcError as exc:
                 status = _code_name(exc)
             e2e_ms = (time.perf_counter() - sent) * 1000.0
+            action.status = status
         self._fire("grpc", name, e2e_ms, 0, status)
         RUN.add(
             RequestRecord(
@@ -530,7 +554,7 @@ class AtalayaUser(User):
                 ok=status == "OK",
                 status=status,
                 e2e_ms=e2e_ms,
-                trace_id=trace_id,
+                trace_id=action.trace_id,
             )
         )
 
@@ -543,6 +567,29 @@ class AtalayaUser(User):
             exception=None if status == "OK" else GrpcError(status),
             context={},
         )
+
+
+@dataclass
+class _Stream:
+    """What a Chat stream brought: the arrival time of every delta with text, the
+    tokens of the deltas, whether a `blocked` event came, the `done` event."""
+
+    chunks: list[float] = field(default_factory=list)
+    delta_tokens: int = 0
+    blocked: bool = False
+    done: gateway_pb2.Done | None = None
+
+    def read(self, events: Iterator[gateway_pb2.ChatEvent]) -> None:
+        for event in events:
+            kind = event.WhichOneof("event")
+            if kind == "delta":
+                if event.delta.text:
+                    self.chunks.append(time.perf_counter())
+                self.delta_tokens += event.delta.token_count
+            elif kind == "blocked":
+                self.blocked = True
+            elif kind == "done":
+                self.done = event.done
 
 
 def _code_name(exc: grpc.RpcError) -> str:

@@ -101,8 +101,10 @@ def test_headless_run_writes_the_report(stack: tuple[Stack, int], tmp_path: Path
 
     # One span per user action, and the services' spans of that call in its trace.
     spans = load_spans(s.traces_path)
-    load = {sp.trace_id for sp in spans if sp.name == "loadtest.chat"}
-    assert load
+    chats = [sp for sp in spans if sp.name == "loadtest.chat"]
+    assert chats
+    assert any(sp.attributes.get("gen_ai.usage.output_tokens", 0) > 1 for sp in chats)
+    load = {sp.trace_id for sp in chats}
     joined = {sp.trace_id for sp in spans if sp.service == "atalaya-gateway"} & load
     assert joined
 
