@@ -361,7 +361,13 @@ class ChatCore:
 
     # ------------------------------------------------------------------ the turn
 
-    async def chat(self, turn: Turn, deadline_s: float | None) -> AsyncIterator[Event]:
+    async def chat(
+        self, turn: Turn, deadline_s: float | None, *, arrived: float | None = None
+    ) -> AsyncIterator[Event]:
+        """The turn's events. `arrived` (time.perf_counter() when the call came in)
+        is where latencies start; TTFT ends when the first delta has been handed on
+        (the consumer asked for the next event)."""
+        arrived = time.perf_counter() if arrived is None else arrived
         self._validate(turn)
         if self._inflight >= self._s.max_inflight_turns:
             raise ResourceExhausted(
@@ -369,27 +375,21 @@ class ChatCore:
             )
         self._inflight += 1
         outcome = "error"
-        started = time.perf_counter()
+        deadline = _Deadline(deadline_s or self._s.max_turn_seconds)
         try:
-            async for event in self._turn(turn, _Deadline(deadline_s or self._s.max_turn_seconds)):
-                if isinstance(event, DoneOut):
-                    outcome = (
-                        "completed"
-                        if not event.blocked
-                        else (
-                            "blocked_output"
-                            if event.finish_reason or event.output_tokens
-                            else "blocked_input"
-                        )
-                    )
+            async for event in self._turn(turn, deadline, arrived):
+                if isinstance(event, BlockedOut):
+                    outcome = f"blocked_{event.stage}"
+                elif isinstance(event, DoneOut) and not event.blocked:
+                    outcome = "completed"
                 yield event
         finally:
             self._inflight -= 1
             self._metrics.turns.add(1, {"atalaya.gateway.outcome": outcome})
-            self._metrics.duration.record(time.perf_counter() - started)
+            self._metrics.duration.record(time.perf_counter() - arrived)
 
-    async def _turn(self, turn: Turn, deadline: _Deadline) -> AsyncIterator[Event]:
-        st = _State(turn, deadline, policy=turn.policy or self._s.input_policy)
+    async def _turn(self, turn: Turn, deadline: _Deadline, arrived: float) -> AsyncIterator[Event]:
+        st = _State(turn, deadline, policy=turn.policy or self._s.input_policy, started=arrived)
         st.done.template = self._template
         span = trace.get_current_span()
         span.set_attribute(semconv.ATALAYA_REQUEST_ID, turn.request_id)
@@ -524,10 +524,10 @@ class ChatCore:
         assert st.stream is not None
         with trace.use_span(st.gen_span or trace.INVALID_SPAN, end_on_exit=False):
             async for delta in moderator.run(st.stream):
-                if "ttft" not in done.phases_ms:
+                yield DeltaOut(delta.text, delta.token_count)
+                if "ttft" not in done.phases_ms:  # the first delta has been sent on
                     done.phases_ms["ttft"] = st.elapsed_ms()
                     self._metrics.ttft.record(done.phases_ms["ttft"] / 1000.0)
-                yield DeltaOut(delta.text, delta.token_count)
         result = moderator.outcome
         gen = result.done
         done.phases_ms["generation"] = (time.perf_counter() - st.gen_started) * 1000.0

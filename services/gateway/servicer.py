@@ -145,8 +145,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Chat(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatEvent]:
+        arrived = time.perf_counter()
         turn = to_turn(request)
-        async for event in self._core.chat(turn, context.time_remaining()):
+        async for event in self._core.chat(turn, context.time_remaining(), arrived=arrived):
             yield to_event(turn.request_id, event)
 
     async def Feedback(
