@@ -1,18 +1,27 @@
-"""The gateway's upstream interfaces over gRPC: the guardrail, memory and
-generation services. Status codes become domain errors (services.client);
-every call carries the time left of the turn's deadline, and the trace context
-travels with it (the channels' OpenTelemetry interceptors)."""
+"""The gateway's upstream interfaces (services.gateway.upstream) over the other
+services' protos, written once over a small Transport: GrpcTransport here (the
+plain services), services.ray.upstream's over Ray Serve deployment handles.
+
+A transport sends one request message to one service's method and turns every
+failure into a domain error (services.common.errors), so the adapters below only
+build requests and read responses. Every call carries the time left of the turn's
+deadline; over gRPC the trace context travels with it (the channels' OpenTelemetry
+interceptors)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import abc
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import grpc
 from atalaya.common.v1 import common_pb2
-from atalaya.generation.v1 import generation_pb2, generation_pb2_grpc
-from atalaya.guardrail.v1 import guardrail_pb2, guardrail_pb2_grpc
+from atalaya.generation.v1 import generation_pb2
+from atalaya.guardrail.v1 import guardrail_pb2
+from atalaya.memory.v1 import memory_pb2
+from google.protobuf.message import Message
 
-from services.client import MemoryClient, domain_error
+from services.client import domain_error
 from services.client.memory import message
 from services.common.channel import ChannelSettings, create_channel
 from services.common.errors import NotFound
@@ -43,27 +52,65 @@ _BACKENDS = {
 _FINISH = {generation_pb2.FINISH_REASON_STOP: "stop", generation_pb2.FINISH_REASON_LENGTH: "length"}
 
 
+class Transport(abc.ABC):
+    """Calls the methods of one service (`upstream`: its name in error messages)."""
+
+    upstream: str
+
+    @abc.abstractmethod
+    async def unary(self, method: str, request: Message, timeout_s: float) -> Any:
+        """The response; domain errors on failure."""
+
+    @abc.abstractmethod
+    def stream(self, method: str, request: Message, timeout_s: float) -> AsyncGenerator[Any]:
+        """The responses of a server-streaming method; closing the iterator early
+        cancels the call upstream."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class GrpcTransport(Transport):
+    def __init__(self, settings: ChannelSettings, stub: Any, upstream: str) -> None:
+        self.upstream = upstream
+        self._channel = create_channel(settings)
+        self._stub = stub(self._channel)
+
+    async def unary(self, method: str, request: Message, timeout_s: float) -> Any:
+        try:
+            return await getattr(self._stub, method)(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise domain_error(err, self.upstream) from err
+
+    async def stream(self, method: str, request: Message, timeout_s: float) -> AsyncGenerator[Any]:
+        call = getattr(self._stub, method)(request, timeout=timeout_s)
+        try:
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as err:
+            raise domain_error(err, self.upstream) from err
+        finally:
+            call.cancel()  # no-op when finished; aborts the work upstream otherwise
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
 def _conversation(messages: Messages) -> list[common_pb2.ChatMessage]:
     return [message(role, content) for role, content in messages]
 
 
-class GuardrailGuard(Guard):
-    def __init__(self, settings: ChannelSettings) -> None:
-        self._channel = create_channel(settings)
-        self._stub = guardrail_pb2_grpc.GuardrailServiceStub(self._channel)
+class TransportGuard(Guard):
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
 
     async def classify(
         self, request_id: str, messages: Messages, *, policy: str, timeout_s: float
     ) -> GuardResult:
-        try:
-            out = await self._stub.Classify(
-                guardrail_pb2.ClassifyRequest(
-                    request_id=request_id, messages=_conversation(messages), policy=policy
-                ),
-                timeout=timeout_s,
-            )
-        except grpc.aio.AioRpcError as err:
-            raise domain_error(err, "guardrail") from err
+        request = guardrail_pb2.ClassifyRequest(
+            request_id=request_id, messages=_conversation(messages), policy=policy
+        )
+        out: guardrail_pb2.ClassifyResponse = await self._t.unary("Classify", request, timeout_s)
         return GuardResult(
             unsafe=out.verdict == guardrail_pb2.VERDICT_UNSAFE,
             codes=tuple(f"S{c}" for c in out.categories),
@@ -77,24 +124,25 @@ class GuardrailGuard(Guard):
         )
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._t.close()
 
 
-class MemoryServiceMemory(Memory):
-    def __init__(self, settings: ChannelSettings) -> None:
-        self._client = MemoryClient.connect(settings)
+class TransportMemory(Memory):
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
 
     async def history(
         self, user_id: str, session_id: str, turns: int, *, timeout_s: float
     ) -> list[tuple[str, str]]:
+        request = memory_pb2.GetHistoryRequest(
+            user_id=user_id, session_id=session_id, last_n_turns=turns
+        )
         try:
-            out = await self._client.get_history(
-                user_id=user_id, session_id=session_id, last_n_turns=turns, timeout=timeout_s
+            out: memory_pb2.GetHistoryResponse = await self._t.unary(
+                "GetHistory", request, timeout_s
             )
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                return []  # a new session
-            raise domain_error(err, "memory") from err
+        except NotFound:
+            return []  # a new session
         pairs = []
         for turn in out.turns:
             user = next((m.content for m in turn.messages if m.role == common_pb2.ROLE_USER), "")
@@ -108,59 +156,46 @@ class MemoryServiceMemory(Memory):
     async def recall(
         self, user_id: str, text: str, k: int, min_score: float, *, timeout_s: float
     ) -> list[Recalled]:
-        try:
-            out = await self._client.recall(
-                user_id=user_id, k=k, text=text, min_score=min_score, timeout=timeout_s
-            )
-        except grpc.aio.AioRpcError as err:
-            raise domain_error(err, "memory") from err
+        request = memory_pb2.RecallRequest(user_id=user_id, k=k, text=text, min_score=min_score)
+        out: memory_pb2.RecallResponse = await self._t.unary("Recall", request, timeout_s)
         return [Recalled(m.text, m.score) for m in out.memories]
 
     async def store_turn(self, turn: StoredTurn, *, remember: bool, timeout_s: float) -> None:
-        try:
-            await self._client.append_turn(
-                user_id=turn.user_id,
-                session_id=turn.session_id,
-                request_id=turn.request_id,
-                messages=[message("user", turn.user), message("assistant", turn.assistant)],
-                metadata=turn.metadata,
-                timeout=timeout_s,
+        append = memory_pb2.AppendTurnRequest(
+            user_id=turn.user_id,
+            session_id=turn.session_id,
+            request_id=turn.request_id,
+            messages=[message("user", turn.user), message("assistant", turn.assistant)],
+            metadata=dict(turn.metadata),
+        )
+        await self._t.unary("AppendTurn", append, timeout_s)
+        if remember:
+            memory = memory_pb2.MemoryInput(
+                text=turn.user, session_id=turn.session_id, metadata={"source": "chat"}
             )
-            if remember:
-                await self._client.remember(
-                    user_id=turn.user_id,
-                    texts=[turn.user],
-                    request_id=turn.request_id,
-                    session_id=turn.session_id,
-                    metadata={"source": "chat"},
-                    timeout=timeout_s,
-                )
-        except grpc.aio.AioRpcError as err:
-            raise domain_error(err, "memory") from err
+            request = memory_pb2.RememberRequest(
+                user_id=turn.user_id, request_id=turn.request_id, memories=[memory]
+            )
+            await self._t.unary("Remember", request, timeout_s)
 
     async def record_feedback(
         self, user_id: str, turn_request_id: str, score: float, comment: str, *, timeout_s: float
     ) -> bool:
-        try:
-            out = await self._client.record_feedback(
-                user_id=user_id,
-                turn_request_id=turn_request_id,
-                score=score,
-                comment=comment,
-                timeout=timeout_s,
-            )
-        except grpc.aio.AioRpcError as err:
-            raise domain_error(err, "memory") from err
+        request = memory_pb2.RecordFeedbackRequest(
+            user_id=user_id, turn_request_id=turn_request_id, score=score, comment=comment
+        )
+        out: memory_pb2.RecordFeedbackResponse = await self._t.unary(
+            "RecordFeedback", request, timeout_s
+        )
         return out.created
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._t.close()
 
 
-class GenerationServiceGenerator(Generator):
-    def __init__(self, settings: ChannelSettings) -> None:
-        self._channel = create_channel(settings)
-        self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
+class TransportGenerator(Generator):
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
         self._models: dict[str, ModelFacts] = {}
         self._default = ""
 
@@ -168,10 +203,9 @@ class GenerationServiceGenerator(Generator):
         key = name or self._default
         if key and key in self._models:
             return self._models[key]
-        try:
-            out = await self._stub.ListModels(generation_pb2.ListModelsRequest(), timeout=timeout_s)
-        except grpc.aio.AioRpcError as err:
-            raise domain_error(err, "generation") from err
+        out: generation_pb2.ListModelsResponse = await self._t.unary(
+            "ListModels", generation_pb2.ListModelsRequest(), timeout_s
+        )
         self._default = out.default_model
         for m in out.models:
             priced = m.HasField("pricing")
@@ -202,34 +236,33 @@ class GenerationServiceGenerator(Generator):
         sampling = generation_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature)
         if seed is not None:
             sampling.seed = seed
-        call = self._stub.Generate(
-            generation_pb2.GenerateRequest(
-                request_id=request_id,
-                model=model,
-                chat=generation_pb2.Conversation(messages=_conversation(messages)),
-                sampling=sampling,
-            ),
-            timeout=timeout_s,
+        request = generation_pb2.GenerateRequest(
+            request_id=request_id,
+            model=model,
+            chat=generation_pb2.Conversation(messages=_conversation(messages)),
+            sampling=sampling,
         )
+        stream = self._t.stream("Generate", request, timeout_s)
         try:
-            async for item in call:
-                if item.HasField("delta"):
-                    yield GenDelta(item.delta.text, item.delta.token_count)
-                else:
-                    d = item.done
-                    yield GenDone(
-                        finish_reason=_FINISH.get(d.finish_reason, ""),
-                        input_tokens=d.usage.input_tokens,
-                        output_tokens=d.usage.output_tokens,
-                        model=d.model,
-                        backend=_BACKENDS.get(d.backend, ""),
-                        cost_usd=d.cost_usd if d.HasField("cost_usd") else None,
-                        phases_ms=dict(d.timing.phases_ms),
-                    )
-        except grpc.aio.AioRpcError as err:
-            raise domain_error(err, "generation") from err
+            async for item in stream:
+                yield _gen_event(item)
         finally:
-            call.cancel()  # no-op when finished; aborts generation otherwise
+            await stream.aclose()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._t.close()
+
+
+def _gen_event(item: generation_pb2.GenerateResponse) -> GenDelta | GenDone:
+    if item.HasField("delta"):
+        return GenDelta(item.delta.text, item.delta.token_count)
+    d = item.done
+    return GenDone(
+        finish_reason=_FINISH.get(d.finish_reason, ""),
+        input_tokens=d.usage.input_tokens,
+        output_tokens=d.usage.output_tokens,
+        model=d.model,
+        backend=_BACKENDS.get(d.backend, ""),
+        cost_usd=d.cost_usd if d.HasField("cost_usd") else None,
+        phases_ms=dict(d.timing.phases_ms),
+    )

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import grpc
 from atalaya.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from atalaya.generation.v1 import generation_pb2_grpc
+from atalaya.guardrail.v1 import guardrail_pb2_grpc
+from atalaya.memory.v1 import memory_pb2_grpc
 
 from services.common.server import Service
 from services.gateway.clients import (
-    GenerationServiceGenerator,
-    GuardrailGuard,
-    MemoryServiceMemory,
+    GrpcTransport,
+    TransportGenerator,
+    TransportGuard,
+    TransportMemory,
 )
 from services.gateway.config import GatewaySettings
 from services.gateway.core import ChatCore
@@ -53,9 +57,16 @@ def build(
     memory: Memory | None = None,
     generator: Generator | None = None,
 ) -> GatewayService:
-    guard = guard or GuardrailGuard(settings.guardrail)
-    memory = memory or MemoryServiceMemory(settings.memory)
-    generator = generator or GenerationServiceGenerator(settings.generation)
+    s = settings
+    if guard is None:
+        stubs = guardrail_pb2_grpc.GuardrailServiceStub
+        guard = TransportGuard(GrpcTransport(s.guardrail, stubs, "guardrail"))
+    if memory is None:
+        memory_stubs = memory_pb2_grpc.MemoryServiceStub
+        memory = TransportMemory(GrpcTransport(s.memory, memory_stubs, "memory"))
+    if generator is None:
+        gen_stubs = generation_pb2_grpc.GenerationServiceStub
+        generator = TransportGenerator(GrpcTransport(s.generation, gen_stubs, "generation"))
     template = PromptTemplate.load(settings.template_path)
     core = ChatCore(guard, memory, generator, template, settings)
     return GatewayService(core, (guard, memory, generator))

@@ -34,7 +34,7 @@ from services.generation.config import GenerationSettings
 from services.guardrail.config import GuardrailSettings
 from services.memory.config import MemorySettings
 from services.ray.hosting import GrpcContext, HostedService, stream, unary
-from services.ray.upstream import HandleEmbedder, HandleGenerator, HandleGuard, HandleMemory
+from services.ray.upstream import HandleEmbedder, handle_upstreams
 
 #: Deployment names (the serve config's `deployments[].name`) and their default apps.
 EMBEDDING, GUARDRAIL, GENERATION, MEMORY, GATEWAY = (
@@ -201,12 +201,12 @@ class GatewayDeployment(HostedService):
         from services.gateway.servicer import GatewayServicer
 
         configure_logging("gateway", settings.log_level)
-        service = build(
-            settings,
-            guard=HandleGuard(_handle(GUARDRAIL, apps[GUARDRAIL])),
-            memory=HandleMemory(_handle(MEMORY, apps[MEMORY])),
-            generator=HandleGenerator(_handle(GENERATION, apps[GENERATION])),
+        guard, memory, generator = handle_upstreams(
+            _handle(GUARDRAIL, apps[GUARDRAIL]),
+            _handle(MEMORY, apps[MEMORY]),
+            _handle(GENERATION, apps[GENERATION]),
         )
+        service = build(settings, guard=guard, memory=memory, generator=generator)
         self._servicer = GatewayServicer(service.core)
         await self._start(service)
 
