@@ -248,3 +248,28 @@ def test_a_policy_using_a_detector_not_loaded_is_a_config_error() -> None:
     s = GuardrailSettings()
     with pytest.raises(ValueError, match="not loaded"):
         GuardrailCore({PII: Scripted(PII, result(PII, Verdict.SAFE))}, resolve_policies({}), s)
+
+
+async def test_semantic_start_retries_a_slow_or_unavailable_embedding_service() -> None:
+    from collections.abc import Sequence
+
+    from services.common.embedder import Vector
+    from services.common.errors import DeadlineExceeded, Unavailable
+    from services.guardrail.detectors.semantic import Band, Exemplar, SemanticDetector
+    from tests.support.fakes import HashEmbedder
+
+    class Flaky(HashEmbedder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.failures = [Unavailable("embedding service is unavailable"), DeadlineExceeded("")]
+
+        async def embed(self, texts: Sequence[str]) -> tuple[Vector, int]:
+            if self.failures:
+                raise self.failures.pop(0)
+            return await super().embed(texts)
+
+    exemplars = [Exemplar("s1", "S1", "hurt someone"), Exemplar("ok", "safe", "bake bread")]
+    flaky = Flaky()
+    detector = SemanticDetector(flaky, exemplars, model="m", band=Band(), retry_backoff_s=0.0)
+    await detector.start()
+    assert await detector.ready() and flaky.failures == []

@@ -10,7 +10,9 @@ exemplar's id is returned for explainability."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from services.common.embedder import Embedder, Vector
-from services.common.errors import InvalidArgument
+from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from services.guardrail.domain import Detector, DetectorName, DetectorResult, GuardInput, Verdict
 from services.guardrail.protocol import ALL_CODES
+
+log = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_EXEMPLARS = DATA_DIR / "exemplars.jsonl"
 SAFE = "safe"
-EMBED_CHUNK = 64  # exemplars per embedding call (the service caps a call's texts)
+EMBED_CHUNK = 16  # exemplars per embedding call: short calls, well inside a deadline
+START_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,15 @@ class SemanticDetector(Detector):
     name = DetectorName.SEMANTIC
 
     def __init__(
-        self, embedder: Embedder, exemplars: Sequence[Exemplar], *, model: str, band: Band
+        self,
+        embedder: Embedder,
+        exemplars: Sequence[Exemplar],
+        *,
+        model: str,
+        band: Band,
+        retry_backoff_s: float = 2.0,
     ) -> None:
+        self._retry_backoff_s = retry_backoff_s
         self._embedder = embedder
         self._exemplars = list(exemplars)
         self._categories = np.array([e.category for e in self._exemplars])
@@ -95,13 +107,31 @@ class SemanticDetector(Detector):
         return frozenset(c for c in self._categories.tolist() if c != SAFE)
 
     async def start(self) -> None:
-        """Embed the exemplars once (through the embedder: the embedding service)."""
+        """Embed the exemplars once (through the embedder: the embedding service),
+        in small calls, each retried while the embedding service is unavailable or
+        slow (it may be loading its model, or busy), for up to START_ATTEMPTS."""
         texts = [e.text for e in self._exemplars]
         chunks = [
-            (await self._embedder.embed(texts[i : i + EMBED_CHUNK]))[0]
+            await self._embed_retrying(texts[i : i + EMBED_CHUNK])
             for i in range(0, len(texts), EMBED_CHUNK)
         ]
         self._matrix = np.concatenate(chunks).astype(np.float32)
+
+    async def _embed_retrying(self, texts: Sequence[str]) -> Vector:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return (await self._embedder.embed(texts))[0]
+            except (Unavailable, DeadlineExceeded) as exc:
+                if attempt == START_ATTEMPTS:
+                    raise
+                log.warning(
+                    "semantic: embedding exemplars failed (%s); retry %d of %d",
+                    type(exc).__name__,
+                    attempt,
+                    START_ATTEMPTS - 1,
+                )
+                await asyncio.sleep(min(self._retry_backoff_s * attempt, 10.0))
+        raise AssertionError("unreachable")
 
     async def stop(self) -> None:
         await self._embedder.close()
