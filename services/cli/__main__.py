@@ -16,6 +16,7 @@ from pathlib import Path
 from services.cli import export, gateway
 from services.cli.status import DEFAULT_HOST, SERVICES, SERVING, check_all, format_statuses
 from services.cli.status import service_targets as status_targets
+from services.client import gateway as client
 from services.stack.traces import DEFAULT_PATH as DEFAULT_TRACES_PATH
 from services.stack.traces import find_trace, load_spans, span_tree
 
@@ -54,18 +55,18 @@ def _service_target(text: str) -> tuple[str, str]:
 
 def _turn_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--target", default=gateway.DEFAULT_TARGET, help="gateway host:port")
+    parent.add_argument("--target", default=client.DEFAULT_TARGET, help="gateway host:port")
     parent.add_argument("--user", help="user id (default: $USER, else 'local')")
     parent.add_argument("--session", help="session id (default: a new one per run)")
     parent.add_argument("--policy", default="", help="guardrail policy (default: the gateway's)")
-    parent.add_argument("--moderation", choices=sorted(gateway.MODERATION_MODES))
+    parent.add_argument("--moderation", choices=sorted(client.MODERATION_MODES))
     parent.add_argument("--no-memory", action="store_true", help="no history or recall")
     parent.add_argument("--no-remember", action="store_true", help="do not store the turn")
     parent.add_argument("--max-tokens", type=_positive_int, help="most tokens to generate")
     parent.add_argument(
         "--timeout",
         type=_positive_float,
-        default=gateway.DEFAULT_CHAT_TIMEOUT_S,
+        default=client.DEFAULT_CHAT_TIMEOUT_S,
         help="deadline per turn in seconds (default %(default)s)",
     )
     return parent
@@ -112,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("--score", type=_score, required=True, help="0 (worst) to 1 (best)")
     feedback.add_argument("--comment", default="")
     feedback.add_argument("--user", help="user id (default: $USER, else 'local')")
-    feedback.add_argument("--target", default=gateway.DEFAULT_TARGET, help="gateway host:port")
+    feedback.add_argument("--target", default=client.DEFAULT_TARGET, help="gateway host:port")
     feedback.add_argument(
-        "--timeout", type=_positive_float, default=gateway.DEFAULT_FEEDBACK_TIMEOUT_S
+        "--timeout", type=_positive_float, default=client.DEFAULT_FEEDBACK_TIMEOUT_S
     )
     export = commands.add_parser(
         "feedback-export", help="stored feedback as CSV or JSON lines, for evaluation"
@@ -158,11 +159,11 @@ def run_export(args: argparse.Namespace) -> int:
             out.close()
 
 
-def _turn_settings(args: argparse.Namespace) -> gateway.TurnSettings:
-    return gateway.TurnSettings(
+def _turn_settings(args: argparse.Namespace) -> client.TurnSettings:
+    return client.TurnSettings(
         target=args.target,
-        user_id=args.user or gateway.default_user(),
-        session_id=args.session or gateway.new_id(),
+        user_id=args.user or client.default_user(),
+        session_id=args.session or client.new_id(),
         policy=args.policy,
         moderation=args.moderation,
         use_memory=not args.no_memory,
@@ -220,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(
             gateway.feedback(
                 args.target,
-                args.user or gateway.default_user(),
+                args.user or client.default_user(),
                 args.turn_request_id,
                 args.score,
                 args.comment,

@@ -1,5 +1,6 @@
 """The CLI's calls to the gateway: `chat` (interactive), `ask` (one turn) and
-`feedback`. Every call has a deadline; message text is never logged."""
+`feedback`, over services.client's GatewayClient. Every call has a deadline;
+message text is never logged."""
 
 from __future__ import annotations
 
@@ -8,27 +9,24 @@ import contextlib
 import json
 import os
 import sys
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TextIO
 
 import grpc
 from atalaya.gateway.v1 import gateway_pb2 as gw
-from atalaya.gateway.v1 import gateway_pb2_grpc
 from google.protobuf import json_format
 
-from services.cli.render import ChatRenderer, TurnResult, format_blocked, format_verdict
-from services.common.channel import ChannelSettings, create_channel
+from services.cli.render import ChatRenderer, format_blocked, format_verdict
+from services.client.gateway import (
+    DEFAULT_FEEDBACK_TIMEOUT_S,
+    GatewayClient,
+    TurnResult,
+    TurnSettings,
+    new_id,
+)
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-DEFAULT_CHAT_TIMEOUT_S = 300.0
-DEFAULT_FEEDBACK_TIMEOUT_S = 10.0
 PROMPT = "you> "
-MODERATION_MODES = {
-    "buffered": gw.MODERATION_MODE_BUFFERED,
-    "optimistic": gw.MODERATION_MODE_OPTIMISTIC,
-}
 
 EXIT_OK = 0
 EXIT_RPC_ERROR = 1
@@ -36,82 +34,11 @@ EXIT_USAGE = 2
 EXIT_BLOCKED = 3
 
 
-def default_user() -> str:
-    return os.environ.get("USER") or "local"
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-@dataclass(frozen=True)
-class TurnSettings:
-    """Who is talking, where, and the per-turn options."""
-
-    target: str = DEFAULT_TARGET
-    user_id: str = field(default_factory=default_user)
-    session_id: str = field(default_factory=new_id)
-    policy: str = ""
-    moderation: str | None = None  # "buffered" or "optimistic"; None: the gateway's default
-    use_memory: bool = True
-    remember: bool = True
-    max_tokens: int | None = None
-    timeout_s: float = DEFAULT_CHAT_TIMEOUT_S
-
-    def options(self) -> gw.ChatOptions:
-        options = gw.ChatOptions(policy=self.policy)
-        if self.moderation is not None:
-            options.moderation_mode = MODERATION_MODES[self.moderation]
-        if not self.use_memory:
-            options.use_memory = False
-        if not self.remember:
-            options.remember = False
-        if self.max_tokens is not None:
-            options.max_tokens = self.max_tokens
-        return options
-
-    def request(self, message: str, request_id: str | None = None) -> gw.ChatRequest:
-        """A ChatRequest with a fresh client-made id (so a failed turn can be traced)."""
-        return gw.ChatRequest(
-            request_id=request_id or new_id(),
-            user_id=self.user_id,
-            session_id=self.session_id,
-            message=message,
-            options=self.options(),
-        )
-
-
-def open_channel(target: str, timeout_s: float) -> Any:
-    """An aio channel to the gateway (retries of UNAVAILABLE, keepalive)."""
-    return create_channel(ChannelSettings(target=target, timeout_s=timeout_s))
-
-
 def rpc_error(exc: grpc.aio.AioRpcError, err: TextIO, request_id: str = "") -> int:
     """Print a failed call's status code and details; the RPC-error exit code."""
     suffix = f" (request {request_id})" if request_id else ""
     print(f"error: {exc.code().name}: {exc.details() or ''}{suffix}", file=err)
     return EXIT_RPC_ERROR
-
-
-async def run_turn(
-    stub: Any,
-    request: gw.ChatRequest,
-    timeout_s: float,
-    on_event: Callable[[gw.ChatEvent], None] | None = None,
-) -> TurnResult:
-    """Stream one Chat turn, passing each event to `on_event`. Cancelling the task
-    cancels the call (the gateway then aborts generation)."""
-    result = TurnResult(request_id=request.request_id)
-    call = stub.Chat(request, timeout=timeout_s)
-    try:
-        async for event in call:
-            result.add(event)
-            if on_event is not None:
-                on_event(event)
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
-    return result
 
 
 def _result_json(result: TurnResult) -> dict[str, Any]:
@@ -141,10 +68,9 @@ async def ask(
     1 when the call failed."""
     out, err = out or sys.stdout, err or sys.stderr
     request = settings.request(message)
-    async with open_channel(settings.target, settings.timeout_s) as channel:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+    async with GatewayClient.connect(settings.target, timeout_s=settings.timeout_s) as gateway:
         try:
-            result = await run_turn(stub, request, settings.timeout_s)
+            result = await gateway.chat(request)
         except grpc.aio.AioRpcError as exc:
             return rpc_error(exc, err, request.request_id)
     if result.done is None:
@@ -177,19 +103,18 @@ async def feedback(
 ) -> int:
     """Record feedback on a turn; exit 0, or 1 when the call failed."""
     out, err = out or sys.stdout, err or sys.stderr
-    request = gw.FeedbackRequest(
-        request_id=new_id(),
-        user_id=user_id,
-        turn_request_id=turn_request_id,
-        score=score,
-        comment=comment,
-    )
-    async with open_channel(target, timeout_s) as channel:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+    request_id = new_id()
+    async with GatewayClient.connect(target, timeout_s=timeout_s) as gateway:
         try:
-            response = await stub.Feedback(request, timeout=timeout_s)
+            response = await gateway.feedback(
+                user_id=user_id,
+                turn_request_id=turn_request_id,
+                score=score,
+                comment=comment,
+                request_id=request_id,
+            )
         except grpc.aio.AioRpcError as exc:
-            return rpc_error(exc, err, request.request_id)
+            return rpc_error(exc, err, request_id)
     what = "recorded" if response.created else "recorded, replacing earlier feedback"
     print(f"feedback on {turn_request_id} {what}", file=out)
     return EXIT_OK
@@ -241,8 +166,7 @@ def chat(
         file=err,
     )
     with asyncio.Runner() as runner:
-        channel = runner.run(_open(settings))
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        gateway = runner.run(_connect(settings))
         try:
             while True:
                 try:
@@ -265,19 +189,20 @@ def chat(
                     settings = replace(settings, session_id=new_id())
                     print(f"new session {settings.session_id}", file=out)
                     continue
-                _chat_turn(runner, stub, settings, message, color=color, out=out, err=err)
+                _chat_turn(runner, gateway, settings, message, color=color, out=out, err=err)
         finally:
-            runner.run(channel.close())
+            runner.run(gateway.close())
     return EXIT_OK
 
 
-async def _open(settings: TurnSettings) -> Any:
-    return open_channel(settings.target, settings.timeout_s)
+async def _connect(settings: TurnSettings) -> GatewayClient:
+    """The client, made inside the runner's event loop (its channel belongs to it)."""
+    return GatewayClient.connect(settings.target, timeout_s=settings.timeout_s)
 
 
 def _chat_turn(
     runner: asyncio.Runner,
-    stub: Any,
+    gateway: GatewayClient,
     settings: TurnSettings,
     message: str,
     *,
@@ -293,7 +218,7 @@ def _chat_turn(
         out.flush()
 
     try:
-        runner.run(run_turn(stub, request, settings.timeout_s, show))
+        runner.run(gateway.chat(request, on_event=show))
     except KeyboardInterrupt:
         out.write(renderer.finish())
         print(f"[cancelled, request {request.request_id}]", file=out)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from atalaya.gateway.v1 import gateway_pb2 as gw
 from atalaya.guardrail.v1 import guardrail_pb2 as guard
 
+from services.client.gateway import stage_name
+
 DIM = "\x1b[2m"
 BOLD_RED = "\x1b[1;31m"
 RESET = "\x1b[0m"
@@ -34,15 +36,6 @@ def detector_name(detector: int) -> str:
     except ValueError:
         return f"detector {detector}"
     return "unknown detector" if detector == 0 else name.removeprefix(_DETECTOR_PREFIX).lower()
-
-
-def stage_name(stage: int) -> str:
-    """'input' or 'output'."""
-    if stage == gw.GUARD_STAGE_INPUT:
-        return "input"
-    if stage == gw.GUARD_STAGE_OUTPUT:
-        return "output"
-    return "unknown"
 
 
 def _categories(categories: Iterable[int]) -> str:
@@ -160,33 +153,3 @@ def render_events(events: Iterable[gw.ChatEvent], *, color: bool = False) -> str
     """The whole terminal text of a turn's events."""
     renderer = ChatRenderer(color=color)
     return "".join(renderer.feed(e) for e in events) + renderer.finish()
-
-
-@dataclass
-class TurnResult:
-    """What one Chat stream said, collected event by event."""
-
-    request_id: str = ""
-    text: list[str] = field(default_factory=list)
-    verdicts: list[gw.GuardVerdict] = field(default_factory=list)
-    blocked: gw.Blocked | None = None
-    done: gw.Done | None = None
-
-    def add(self, event: gw.ChatEvent) -> None:
-        self.request_id = event.request_id or self.request_id
-        kind = event.WhichOneof("event")
-        if kind == "delta":
-            self.text.append(event.delta.text)
-        elif kind == "verdict":
-            self.verdicts.append(event.verdict)
-        elif kind == "blocked":
-            self.blocked = event.blocked
-        elif kind == "done":
-            self.done = event.done
-
-    @property
-    def answer(self) -> str:
-        """The reply, or the refusal when the turn was blocked."""
-        if self.blocked is not None:
-            return self.blocked.refusal_text
-        return "".join(self.text)

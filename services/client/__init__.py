@@ -1,6 +1,6 @@
 """Python client for Atalaya's gRPC services.
 
-    from services.client import EmbeddingClient, MemoryClient
+    from services.client import EmbeddingClient, GatewayClient, MemoryClient
 
     async with EmbeddingClient.connect("127.0.0.1:50054") as embedding:
         result = await embedding.embed(["hello"], normalize=True)
@@ -13,6 +13,15 @@ services that call other services."""
 
 from services.client.base import domain_error
 from services.client.embedding import EmbeddingClient, EmbedResult
+from services.client.gateway import GatewayClient, TurnResult, TurnSettings
 from services.client.memory import MemoryClient
 
-__all__ = ["EmbedResult", "EmbeddingClient", "MemoryClient", "domain_error"]
+__all__ = [
+    "EmbedResult",
+    "EmbeddingClient",
+    "GatewayClient",
+    "MemoryClient",
+    "TurnResult",
+    "TurnSettings",
+    "domain_error",
+]

@@ -69,7 +69,7 @@ class EmbeddingCore:
     async def stop(self) -> None:
         await self._batcher.close()
 
-    def ready(self) -> bool:
+    async def ready(self) -> bool:
         return self._loaded
 
     async def embed(self, texts: list[str], *, normalize: bool, model: str = "") -> EmbedResult:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
 from atalaya.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
-from services.common.server import Service
+from services.common.service import CoreLifecycleService
 from services.embedding.backends.base import EmbeddingBackend
 from services.embedding.backends.sentence_transformers import SentenceTransformerBackend
 from services.embedding.config import EmbeddingSettings
@@ -15,26 +14,8 @@ from services.embedding.servicer import EmbeddingServicer
 SERVICE_NAME = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
 
-class EmbeddingService(Service):
-    name = "embedding"
-    grpc_service_names = (SERVICE_NAME,)
-
-    def __init__(self, core: EmbeddingCore) -> None:
-        self.core = core
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
-            EmbeddingServicer(self.core), server
-        )
-
-    async def start(self) -> None:
-        await self.core.start()
-
-    async def ready(self) -> bool:
-        return self.core.ready()
-
-    async def stop(self) -> None:
-        await self.core.stop()
+#: The embedding service: the core's lifecycle (load the model, run the batcher).
+EmbeddingService = CoreLifecycleService[EmbeddingCore, EmbeddingServicer]
 
 
 def default_backend(settings: EmbeddingSettings) -> EmbeddingBackend:
@@ -44,4 +25,10 @@ def default_backend(settings: EmbeddingSettings) -> EmbeddingBackend:
 
 
 def build(settings: EmbeddingSettings, backend: EmbeddingBackend | None = None) -> EmbeddingService:
-    return EmbeddingService(EmbeddingCore(backend or default_backend(settings), settings))
+    return EmbeddingService(
+        "embedding",
+        (SERVICE_NAME,),
+        EmbeddingCore(backend or default_backend(settings), settings),
+        EmbeddingServicer,
+        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server,
+    )

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from services.cli import gateway
+from services.client import gateway
 from services.eval import gate, report
 from services.eval.calibrate import calibrate
 from services.eval.dataset import (

@@ -8,11 +8,9 @@ a second failure is recorded as a judge_error and no score is guessed."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +21,7 @@ from atalaya.generation.v1 import generation_pb2 as gen
 from atalaya.generation.v1 import generation_pb2_grpc
 
 from services.common.channel import ChannelSettings, create_channel
+from services.common.prompts import load_prompt, require_placeholders
 from services.eval.scorers import JUDGE, Score
 
 DEFAULT_JUDGE_PROMPT = Path(__file__).resolve().parent / "judge.toml"
@@ -81,22 +80,20 @@ class JudgePrompt:
 
     @classmethod
     def load(cls, path: Path = DEFAULT_JUDGE_PROMPT) -> JudgePrompt:
-        raw = path.read_bytes()
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-            prompt = cls(
-                name=str(data["name"]),
-                version=str(data["version"]),
-                sha256=hashlib.sha256(raw).hexdigest(),
-                system=str(data["system"]).strip(),
-                user=str(data["user"]).strip(),
-                retry=str(data["retry"]).strip(),
-            )
-        except (KeyError, ValueError, tomllib.TOMLDecodeError) as exc:
-            raise ValueError(f"{path}: not a judge prompt ({exc})") from None
-        for placeholder in ("{question}", "{ground_truth}", "{answer}"):
-            if placeholder not in prompt.user:
-                raise ValueError(f"{path}: the user text needs a {placeholder} placeholder")
+        prompt = load_prompt(
+            path,
+            "judge prompt",
+            lambda file: cls(
+                name=file.name,
+                version=file.version,
+                sha256=file.sha256,
+                system=file.text("system"),
+                user=file.text("user"),
+                retry=file.text("retry"),
+            ),
+        )
+        placeholders = ("{question}", "{ground_truth}", "{answer}")
+        require_placeholders(path, "user text", prompt.user, *placeholders)
         return prompt
 
     def render_user(self, question: str, ground_truth: str, answer: str) -> str:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import csv
 import html
 import json
-import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.stats import percentile
 from services.eval import scorers
 from services.eval.dataset import EXPECT_ANSWERED, EXPECT_BLOCKED
 from services.eval.runner import RUN_FORMAT, load_records
@@ -31,13 +31,9 @@ def _mean(values: Sequence[float]) -> float | None:
     return round(statistics.fmean(values), 6) if values else None
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = min(max(1, math.ceil(q * len(ordered))), len(ordered))
-    return round(ordered[rank - 1], 3)
+def _ms(value: float | None) -> float | None:
+    """A duration in milliseconds, to the microsecond."""
+    return None if value is None else round(value, 3)
 
 
 def _score_block(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -84,11 +80,11 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "decided_by": dict(sorted(by_scorer.items())),
         "latency_ms": {
             "mean": _mean(latency),
-            "p50": _percentile(latency, 0.5),
-            "p95": _percentile(latency, 0.95),
+            "p50": _ms(percentile(latency, 50)),
+            "p95": _ms(percentile(latency, 95)),
             "max": round(max(latency), 3) if latency else None,
         },
-        "ttft_ms": {"mean": _mean(ttft), "p50": _percentile(ttft, 0.5)},
+        "ttft_ms": {"mean": _mean(ttft), "p50": _ms(percentile(ttft, 50))},
         "tokens": {
             "input": sum(int(r.get("input_tokens", 0)) for r in ok),
             "output": sum(int(r.get("output_tokens", 0)) for r in ok),

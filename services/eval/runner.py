@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from atalaya.gateway.v1 import gateway_pb2_grpc
 from atalaya.generation.v1 import generation_pb2 as gen
 
-from services.cli import gateway
-from services.cli.render import TurnResult, stage_name
+from services.client.gateway import DEFAULT_TARGET as DEFAULT_GATEWAY_TARGET
+from services.client.gateway import GatewayClient, TurnResult, TurnSettings, stage_name
 from services.client.memory import MemoryClient, message
 from services.eval import scorers
 from services.eval.dataset import EXPECT_BLOCKED, EvalItem, file_sha256
@@ -43,7 +42,7 @@ class ResumeMismatch(RuntimeError):
 class RunConfig:
     dataset: Path
     out_dir: Path
-    gateway_target: str = gateway.DEFAULT_TARGET
+    gateway_target: str = DEFAULT_GATEWAY_TARGET
     memory_target: str = DEFAULT_MEMORY_TARGET
     policy: str = ""
     moderation: str | None = None
@@ -248,9 +247,9 @@ class Runner:
         self._tag = uuid.uuid4().hex[:8]
         self._lock = asyncio.Lock()
 
-    def _settings(self, item: EvalItem) -> gateway.TurnSettings:
+    def _settings(self, item: EvalItem) -> TurnSettings:
         c = self.config
-        return gateway.TurnSettings(
+        return TurnSettings(
             target=c.gateway_target,
             user_id=_ident("eval", self._tag, item.id),
             session_id=_ident("eval", self._tag, item.id),
@@ -262,7 +261,7 @@ class Runner:
             timeout_s=c.timeout_s,
         )
 
-    async def _turn(self, stub: Any, item: EvalItem) -> Turn:
+    async def _turn(self, client: GatewayClient, item: EvalItem) -> Turn:
         settings = self._settings(item)
         request = settings.request(item.question, _ident("eval", self._tag, item.id))
         if self.config.model:
@@ -275,7 +274,7 @@ class Runner:
             for attempt in (1, 2):
                 start = time.perf_counter()
                 try:
-                    result = await gateway.run_turn(stub, request, settings.timeout_s)
+                    result = await client.chat(request, timeout=settings.timeout_s)
                 except grpc.aio.AioRpcError as exc:
                     busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                     if attempt == 1 and busy:
@@ -288,7 +287,7 @@ class Runner:
         return turn_from(result, (time.perf_counter() - start) * 1000)
 
     @contextlib.asynccontextmanager
-    async def _history(self, item: EvalItem, settings: gateway.TurnSettings) -> AsyncIterator[None]:
+    async def _history(self, item: EvalItem, settings: TurnSettings) -> AsyncIterator[None]:
         """The item's history stored as the session's earlier turns, and the
         eval user erased afterwards."""
         if not item.history:
@@ -308,11 +307,11 @@ class Runner:
                 await memory.forget_user(settings.user_id)
 
     async def _one(
-        self, stub: Any, item: EvalItem, semaphore: asyncio.Semaphore, results: TextIO
+        self, client: GatewayClient, item: EvalItem, semaphore: asyncio.Semaphore, results: TextIO
     ) -> dict[str, Any]:
         async with semaphore:
             try:
-                turn = await self._turn(stub, item)
+                turn = await self._turn(client, item)
             except grpc.aio.AioRpcError as exc:
                 record = error_record(item, f"{exc.code().name}: {exc.details() or ''}")
             except RuntimeError as exc:
@@ -353,10 +352,9 @@ class Runner:
         semaphore = asyncio.Semaphore(c.concurrency)
         new: list[dict[str, Any]] = []
         with path.open("a", encoding="utf-8") as results:
-            async with gateway.open_channel(c.gateway_target, c.timeout_s) as channel:
-                stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            async with GatewayClient.connect(c.gateway_target, timeout_s=c.timeout_s) as client:
                 tasks = [
-                    asyncio.create_task(self._one(stub, item, semaphore, results))
+                    asyncio.create_task(self._one(client, item, semaphore, results))
                     for item in pending
                 ]
                 try:

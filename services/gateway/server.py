@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import grpc
 from atalaya.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from atalaya.generation.v1 import generation_pb2_grpc
 from atalaya.guardrail.v1 import guardrail_pb2_grpc
 from atalaya.memory.v1 import memory_pb2_grpc
 
-from services.common.server import Service
+from services.common.service import CoreService
 from services.gateway.clients import (
     GrpcTransport,
     TransportGenerator,
@@ -24,7 +23,7 @@ from services.gateway.upstream import Generator, Guard, Memory
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 
-class GatewayService(Service):
+class GatewayService(CoreService[ChatCore, GatewayServicer]):
     """Ready as soon as it runs: each turn reports the state of the services it
     needs (generation down: UNAVAILABLE; guard or memory down: degraded modes),
     so one upstream outage does not take the gateway out of rotation."""
@@ -33,17 +32,10 @@ class GatewayService(Service):
     grpc_service_names = (SERVICE_NAME,)
 
     def __init__(self, core: ChatCore, upstreams: tuple[Guard, Memory, Generator]) -> None:
-        self.core = core
+        super().__init__(
+            core, GatewayServicer, gateway_pb2_grpc.add_GatewayServiceServicer_to_server
+        )
         self._upstreams = upstreams
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(self.core), server)
-
-    async def start(self) -> None:
-        return None
-
-    async def ready(self) -> bool:
-        return True
 
     async def stop(self) -> None:
         for upstream in self._upstreams:

@@ -1,14 +1,14 @@
-"""Versioned prompt templates: TOML files with a name, a version, the system
-text and the memory block. The file's SHA-256 identifies the exact text, so a
-reply can be reproduced from (template version, hash, seed)."""
+"""Versioned prompt templates: TOML files (services.common.prompts) with a name,
+a version, the system text and the memory block. The file's SHA-256 identifies
+the exact text, so a reply can be reproduced from (template version, hash, seed)."""
 
 from __future__ import annotations
 
-import hashlib
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.common.prompts import load_prompt, require_placeholders
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 DEFAULT_TEMPLATE = TEMPLATES_DIR / "chat.toml"
@@ -25,21 +25,19 @@ class PromptTemplate:
 
     @classmethod
     def load(cls, path: Path) -> PromptTemplate:
-        raw = path.read_bytes()
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-            template = cls(
-                name=str(data["name"]),
-                version=str(data["version"]),
-                sha256=hashlib.sha256(raw).hexdigest(),
-                system=str(data["system"]).strip(),
-                memories=str(data.get("memories", "\n\n{memories}")),
-                temperature=float(data.get("temperature", 0.7)),
-            )
-        except (KeyError, ValueError, tomllib.TOMLDecodeError) as exc:
-            raise ValueError(f"{path}: not a prompt template ({exc})") from None
-        if "{memories}" not in template.memories:
-            raise ValueError(f"{path}: the memories block needs a {{memories}} placeholder")
+        template = load_prompt(
+            path,
+            "prompt template",
+            lambda file: cls(
+                name=file.name,
+                version=file.version,
+                sha256=file.sha256,
+                system=file.text("system"),
+                memories=file.text("memories", "\n\n{memories}", strip=False),
+                temperature=float(file.table.get("temperature", 0.7)),
+            ),
+        )
+        require_placeholders(path, "memories block", template.memories, "{memories}")
         return template
 
     def render(

@@ -161,13 +161,6 @@ class Row:
             scores.add(code in item.codes, code in found)
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def evaluate(
     settings: GuardrailSettings, items: Sequence[Item], skip: set[str], policies: Sequence[str]
 ) -> dict[str, object]:

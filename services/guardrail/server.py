@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import grpc
 from atalaya.guardrail.v1 import guardrail_pb2, guardrail_pb2_grpc
 
 from services.client.embedder import EmbeddingServiceEmbedder
 from services.client.embedding import EmbeddingClient
 from services.common.embedder import Embedder
-from services.common.server import Service
+from services.common.service import CoreLifecycleService
 from services.engines.base import Engine
 from services.engines.settings import engine_from_settings
 from services.guardrail.config import GuardrailSettings
@@ -27,26 +26,8 @@ SERVICE_NAME = guardrail_pb2.DESCRIPTOR.services_by_name["GuardrailService"].ful
 SEMANTIC_MODEL = "all-MiniLM-L6-v2 (embedding service)"
 
 
-class GuardrailService(Service):
-    name = "guardrail"
-    grpc_service_names = (SERVICE_NAME,)
-
-    def __init__(self, core: GuardrailCore) -> None:
-        self.core = core
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        guardrail_pb2_grpc.add_GuardrailServiceServicer_to_server(
-            GuardrailServicer(self.core), server
-        )
-
-    async def start(self) -> None:
-        await self.core.start()
-
-    async def ready(self) -> bool:
-        return await self.core.ready()
-
-    async def stop(self) -> None:
-        await self.core.stop()
+#: The guardrail service: the core's lifecycle (start and check the detectors).
+GuardrailService = CoreLifecycleService[GuardrailCore, GuardrailServicer]
 
 
 def build_detectors(
@@ -90,4 +71,10 @@ def build(
 ) -> GuardrailService:
     detectors = build_detectors(settings, engine=engine, embedder=embedder)
     policies = resolve_policies(settings.policies, detectors)
-    return GuardrailService(GuardrailCore(detectors, policies, settings))
+    return GuardrailService(
+        "guardrail",
+        (SERVICE_NAME,),
+        GuardrailCore(detectors, policies, settings),
+        GuardrailServicer,
+        guardrail_pb2_grpc.add_GuardrailServiceServicer_to_server,
+    )

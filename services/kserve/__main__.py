@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from services.common.logging import configure_logging
 from services.common.settings import load_settings
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from services.kserve.models import EmbeddingModel, GuardrailModel, HostedModel
 
-    model: HostedModel
+    model: HostedModel[Any]
     if args.kind == "embedding":
         from services.embedding.config import EmbeddingSettings
 

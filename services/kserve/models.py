@@ -29,21 +29,23 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 
 from services.common import errors
-from services.common.server import Service
+from services.common.service import CoreService
 from services.embedding.config import EmbeddingSettings
+from services.embedding.core import EmbeddingCore
 from services.guardrail.config import GuardrailSettings
 from services.guardrail.core import ClassifyCall, GuardrailCore, Outcome
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+CoreT = TypeVar("CoreT")
 
 Payload = dict[str, Any] | Any  # a V1 JSON body or a kserve InferRequest (untyped)
 Headers = Mapping[str, str] | None
@@ -112,22 +114,30 @@ def _request_id(payload: Payload, headers: Headers) -> str:
     return (headers or {}).get("x-request-id") or uuid.uuid4().hex
 
 
-class HostedModel(Model):  # type: ignore[misc]
-    """A kserve Model owning one Atalaya `Service` through its lifecycle. kserve
-    registers only models that say they are ready, so `ready` is set at once; the
-    service is built and started in the server's event loop (`start_engine`: its
-    gRPC clients must belong to that loop), and `healthy` — what the V1/V2
-    readiness endpoints report — follows the service."""
+class HostedModel(Model, Generic[CoreT]):  # type: ignore[misc]
+    """A kserve Model owning one Atalaya `CoreService` through its lifecycle and
+    answering with its core. kserve registers only models that say they are
+    ready, so `ready` is set at once; the service is built and started in the
+    server's event loop (`start_engine`: its gRPC clients must belong to that
+    loop), and `healthy` — what the V1/V2 readiness endpoints report — follows
+    the service."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self.service: Service | None = None
+        self.service: CoreService[CoreT, Any] | None = None
         self.ready = True
         self.engine = True  # kserve then awaits start_engine() in its event loop
         self._started = False
 
-    def build(self) -> Service:
+    def build(self) -> CoreService[CoreT, Any]:
         raise NotImplementedError
+
+    @property
+    def core(self) -> CoreT:
+        """The service's core (what inference calls)."""
+        if self.service is None:
+            raise UnavailableError(self.name, "the model is loading")
+        return self.service.core
 
     async def start_engine(self) -> None:
         self.service = self.build()
@@ -164,30 +174,28 @@ class HostedModel(Model):  # type: ignore[misc]
         raise NotImplementedError
 
 
-class EmbeddingModel(HostedModel):
+class EmbeddingModel(HostedModel[EmbeddingCore]):
     def __init__(self, name: str, settings: EmbeddingSettings) -> None:
         super().__init__(name)
         self._settings = settings
 
-    def build(self) -> Service:
+    def build(self) -> CoreService[EmbeddingCore, Any]:
         from services.embedding.server import build
 
-        service = build(self._settings)
-        self._core = service.core
-        return service
+        return build(self._settings)
 
     async def infer_v1(self, payload: dict[str, Any], headers: Headers) -> dict[str, Any]:
         texts = payload["instances"]
         if not all(isinstance(t, str) for t in texts):
             raise InvalidInput("instances must be strings")
         normalize = _parameter(payload.get("parameters"), "normalize", False)
-        result = await self._core.embed(texts, normalize=normalize)
+        result = await self.core.embed(texts, normalize=normalize)
         return {"predictions": result.vectors.tolist()}
 
     async def infer_v2(self, request: InferRequest, headers: Headers) -> InferResponse:
         texts = _strings(request, "text")
         normalize = _parameter(request.parameters, "normalize", False)
-        result = await self._core.embed(texts, normalize=normalize)
+        result = await self.core.embed(texts, normalize=normalize)
         vectors = np.ascontiguousarray(result.vectors, dtype=np.float32)
         output = InferOutput(name="embedding", shape=list(vectors.shape), datatype="FP32")
         output.set_data_from_numpy(vectors, binary_data=False)
@@ -215,17 +223,15 @@ def _bytes_output(name: str, values: Sequence[str]) -> InferOutput:
     return InferOutput(name=name, shape=[len(values)], datatype="BYTES", data=list(values))
 
 
-class GuardrailModel(HostedModel):
+class GuardrailModel(HostedModel[GuardrailCore]):
     def __init__(self, name: str, settings: GuardrailSettings) -> None:
         super().__init__(name)
         self._settings = settings
 
-    def build(self) -> Service:
+    def build(self) -> CoreService[GuardrailCore, Any]:
         from services.guardrail.server import build
 
-        service = build(self._settings)
-        self._core: GuardrailCore = service.core
-        return service
+        return build(self._settings)
 
     def _call_v1(self, instance: object, request_id: str) -> ClassifyCall:
         if isinstance(instance, str):
@@ -247,7 +253,7 @@ class GuardrailModel(HostedModel):
     async def _classify_all(self, calls: Sequence[ClassifyCall]) -> list[Outcome]:
         if not calls:
             raise errors.InvalidArgument("instances needs at least 1 item(s), got 0")
-        return list(await asyncio.gather(*(self._core.classify(c) for c in calls)))
+        return list(await asyncio.gather(*(self.core.classify(c) for c in calls)))
 
     async def infer_v1(self, payload: dict[str, Any], headers: Headers) -> dict[str, Any]:
         request_id = _request_id(payload, headers)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 from atalaya.memory.v1 import memory_pb2, memory_pb2_grpc
 
 from services.client import EmbeddingClient
 from services.client.embedder import EmbeddingServiceEmbedder
 from services.common.embedder import Embedder
-from services.common.server import Service
+from services.common.service import CoreService
 from services.memory.config import MemorySettings
 from services.memory.core import MemoryCore
 from services.memory.embedded import EmbeddedPostgres
@@ -21,7 +20,7 @@ from services.memory.store import PostgresStore
 SERVICE_NAME = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
 
 
-class MemoryService(Service):
+class MemoryService(CoreService[MemoryCore, MemoryServicer]):
     """Readiness follows the database only: the embedding service is a dependency
     whose outage fails embedding calls with UNAVAILABLE but leaves history up."""
 
@@ -39,10 +38,11 @@ class MemoryService(Service):
         self._store = store
         self._embedder = embedder
         self._embedded = embedded
-        self.core = MemoryCore(store, embedder, settings)
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(self.core), server)
+        super().__init__(
+            MemoryCore(store, embedder, settings),
+            MemoryServicer,
+            memory_pb2_grpc.add_MemoryServiceServicer_to_server,
+        )
 
     async def start(self) -> None:
         if self._embedded is not None:

@@ -73,12 +73,9 @@ class EmbeddingDeployment(HostedService):
         self, settings: EmbeddingSettings
     ) -> None:
         from services.embedding.server import build
-        from services.embedding.servicer import EmbeddingServicer
 
         configure_logging("embedding", settings.log_level)
-        service = build(settings)
-        self._servicer = EmbeddingServicer(service.core)
-        await self._start(service)
+        self._servicer = await self._host(build(settings))
 
     async def Embed(
         self, request: embedding_pb2.EmbedRequest, grpc_context: GrpcContext | None = None
@@ -91,15 +88,12 @@ class GuardrailDeployment(HostedService):
         self, settings: GuardrailSettings, embedding_app: str
     ) -> None:
         from services.guardrail.server import build
-        from services.guardrail.servicer import GuardrailServicer
 
         configure_logging("guardrail", settings.log_level)
         embedder = HandleEmbedder(
             _handle(EMBEDDING, embedding_app), timeout_s=settings.embedding.timeout_s
         )
-        service = build(settings, embedder=embedder)
-        self._servicer = GuardrailServicer(service.core)
-        await self._start(service)
+        self._servicer = await self._host(build(settings, embedder=embedder))
 
     async def Classify(
         self, request: guardrail_pb2.ClassifyRequest, grpc_context: GrpcContext | None = None
@@ -112,12 +106,9 @@ class GenerationDeployment(HostedService):
         self, settings: GenerationSettings
     ) -> None:
         from services.generation.server import build
-        from services.generation.servicer import GenerationServicer
 
         configure_logging("generation", settings.log_level)
-        service = build(settings)
-        self._servicer = GenerationServicer(service.core)
-        await self._start(service)
+        self._servicer = await self._host(build(settings))
 
     async def Generate(
         self, request: generation_pb2.GenerateRequest, grpc_context: GrpcContext | None = None
@@ -144,15 +135,12 @@ class MemoryDeployment(HostedService):
         self, settings: MemorySettings, embedding_app: str
     ) -> None:
         from services.memory.server import build
-        from services.memory.servicer import MemoryServicer
 
         configure_logging("memory", settings.log_level)
         embedder = HandleEmbedder(
             _handle(EMBEDDING, embedding_app), timeout_s=settings.embedding.timeout_s
         )
-        service = build(settings, embedder=embedder)
-        self._servicer = MemoryServicer(service.core)
-        await self._start(service)
+        self._servicer = await self._host(build(settings, embedder=embedder))
 
     async def AppendTurn(
         self, request: memory_pb2.AppendTurnRequest, grpc_context: GrpcContext | None = None
@@ -198,7 +186,6 @@ class GatewayDeployment(HostedService):
         self, settings: GatewaySettings, apps: dict[str, str]
     ) -> None:
         from services.gateway.server import build
-        from services.gateway.servicer import GatewayServicer
 
         configure_logging("gateway", settings.log_level)
         guard, memory, generator = handle_upstreams(
@@ -206,9 +193,9 @@ class GatewayDeployment(HostedService):
             _handle(MEMORY, apps[MEMORY]),
             _handle(GENERATION, apps[GENERATION]),
         )
-        service = build(settings, guard=guard, memory=memory, generator=generator)
-        self._servicer = GatewayServicer(service.core)
-        await self._start(service)
+        self._servicer = await self._host(
+            build(settings, guard=guard, memory=memory, generator=generator)
+        )
 
     async def Chat(
         self, request: gateway_pb2.ChatRequest, grpc_context: GrpcContext | None = None

@@ -19,12 +19,13 @@ import grpc
 
 from services.common import errors
 from services.common.interceptors import INTERNAL_MESSAGE, status_for
-from services.common.server import Service
+from services.common.service import CoreService
 
 log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+ServicerT = TypeVar("ServicerT")
 
 
 class GrpcContext(Protocol):
@@ -94,15 +95,18 @@ async def stream(
 
 
 class HostedService:
-    """Base of the Serve deployment classes: owns one `Service` (as its server.py
-    builds it) through its lifecycle. Serve awaits `__init__` before routing
-    requests, calls `check_health` periodically and `__del__` on shutdown."""
+    """Base of the Serve deployment classes: owns one `CoreService` (as its
+    server.py builds it) through its lifecycle and answers with its servicer.
+    Serve awaits `__init__` before routing requests, calls `check_health`
+    periodically and `__del__` on shutdown."""
 
-    _service: Service | None = None
+    _service: CoreService[Any, Any] | None = None
 
-    async def _start(self, service: Service) -> None:
+    async def _host(self, service: CoreService[Any, ServicerT]) -> ServicerT:
+        """Start `service`; the servicer whose methods answer the RPCs."""
         self._service = service
         await service.start()
+        return service.servicer()
 
     async def check_health(self) -> None:
         if self._service is None or not await self._service.ready():

@@ -3,7 +3,9 @@ file, and the calibration metrics."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +117,26 @@ def test_the_prompt_file_is_versioned_and_hashed() -> None:
     assert ref["name"] == "judge" and ref["version"] and len(ref["sha256"]) == 64
     text = PROMPT.render_user("Q {answer}?", "{question}", "A")
     assert "Question: Q {answer}?" in text and "Ground truth: {question}" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('name = "j"\nversion = "1"\nsystem = "s"\nuser = "{question}"\n', "not a judge prompt"),
+        ('name = "j"\nversion = "1\n', "not a judge prompt"),
+        (
+            'name = "j"\nversion = "1"\nsystem = "s"\nretry = "r"\nuser = "{question} {answer}"\n',
+            "the user text needs a {ground_truth} placeholder",
+        ),
+    ],
+)
+def test_a_broken_prompt_file_is_refused_naming_the_file(
+    tmp_path: Path, text: str, why: str
+) -> None:
+    path = tmp_path / "judge.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {why}")):
+        JudgePrompt.load(path)
 
 
 def test_rank_correlation_and_error() -> None:

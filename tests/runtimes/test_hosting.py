@@ -1,6 +1,8 @@
-"""The Serve hosting layer without a cluster: servicer errors become the status the
-proxy sends (domain errors keep theirs, anything else is a generic INTERNAL), and a
-handle call's failures become the domain errors the cores expect."""
+"""The Serve hosting layer without a cluster: a deployment hosts the CoreService its
+server.py builds (starts it, answers with its servicer, reports its readiness, stops
+it), servicer errors become the status the proxy sends (domain errors keep theirs,
+anything else is a generic INTERNAL), and a handle call's failures become the domain
+errors the cores expect."""
 
 from __future__ import annotations
 
@@ -14,8 +16,51 @@ from ray.serve._private.common import DeploymentID
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from services.common import errors
-from services.ray.hosting import ServeServicerContext, stream, unary
+from services.common.service import CoreLifecycleService
+from services.ray.hosting import HostedService, ServeServicerContext, stream, unary
 from services.ray.upstream import call, domain_error
+
+
+class FakeCore:
+    def __init__(self) -> None:
+        self.started = self.stopped = False
+        self.healthy = True
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def ready(self) -> bool:
+        return self.started and self.healthy
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class FakeServicer:
+    def __init__(self, core: FakeCore) -> None:
+        self.core = core
+
+
+class FakeDeployment(HostedService):
+    async def host(self, core: FakeCore) -> None:
+        service = CoreLifecycleService(
+            "fake", ("atalaya.fake.v1.FakeService",), core, FakeServicer, lambda s, server: None
+        )
+        self.servicer = await self._host(service)
+
+
+async def test_a_deployment_hosts_its_service_through_its_lifecycle() -> None:
+    core, deployment = FakeCore(), FakeDeployment()
+    with pytest.raises(RuntimeError, match="FakeDeployment is not ready"):
+        await deployment.check_health()
+    await deployment.host(core)
+    assert core.started and deployment.servicer.core is core
+    await deployment.check_health()
+    core.healthy = False
+    with pytest.raises(RuntimeError, match="FakeDeployment is not ready"):
+        await deployment.check_health()
+    await deployment.__del__()
+    assert core.stopped
 
 
 class FakeContext:

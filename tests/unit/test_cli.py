@@ -28,9 +28,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from services.cli.__main__ import main
-from services.cli.gateway import TurnSettings, run_turn
 from services.cli.render import render_events
 from services.cli.status import SERVICES
+from services.client.gateway import GatewayClient, TurnSettings
 from services.stack.traces import serve_traces
 
 INPUT, OUTPUT = gw.GUARD_STAGE_INPUT, gw.GUARD_STAGE_OUTPUT
@@ -334,14 +334,14 @@ def test_chat_ctrl_c_cancels_the_turn_and_returns_to_the_prompt(
     assert [r.message for r in fake.requests] == ["hang", "hi"]
 
 
-def test_run_turn_cancel_cancels_the_call(fake_gateway: tuple[FakeGateway, str]) -> None:
+def test_cancelling_a_chat_turn_cancels_the_call(fake_gateway: tuple[FakeGateway, str]) -> None:
     fake, target = fake_gateway
 
     async def turn() -> None:
         async with grpc.aio.insecure_channel(target) as channel:
-            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            gateway = GatewayClient(channel, timeout_s=30)
             request = TurnSettings(target=target).request("hang")
-            task = asyncio.create_task(run_turn(stub, request, 30))
+            task = asyncio.create_task(gateway.chat(request))
             await asyncio.to_thread(fake.hanging.wait, 10)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
