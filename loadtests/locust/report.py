@@ -20,14 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtests.locust.metrics import (
-    RequestRecord,
-    goodput,
-    percentile,
-    slo_p95_met,
-    summarize,
-)
+from loadtests.locust.metrics import RequestRecord, goodput, slo_p95_met, summarize
 from loadtests.locust.settings import LoadSettings
+from services.common.stats import percentile
 
 #: The generator's CPU (percent of one core) above which its timings are suspect.
 CPU_SATURATION_PERCENT = 90.0
