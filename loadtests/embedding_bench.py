@@ -143,13 +143,13 @@ async def measure_throughput(
     local = {b: Tally() for b in BASELINE_BATCHES}
     async with EmbeddingClient.connect(target) as client:
 
-        async def drive(ramp_s: float, window_s: float, into: Drive) -> None:
+        async def drive(ramp_s: float, measured_s: float, into: Drive) -> None:
             await _drive(
                 client,
                 texts,
                 concurrency=args.concurrency,
                 ramp_s=ramp_s,
-                window_s=window_s,
+                window_s=measured_s,
                 into=into,
                 per_call=per_call,
             )
