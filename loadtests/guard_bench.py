@@ -1,4 +1,4 @@
-"""Guardrail figures for `make bench` (see bench.py for the output format).
+"""Guardrail figures for `make bench` (loadtests/figures.py has the output format).
 
 guard_latency_<detector>  one detector alone (policy override), one request at
     a time, on the labeled evaluation items: client-observed p50 in ms (p99 as
@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from atalaya.common.v1 import common_pb2
 from atalaya.guardrail.v1 import guardrail_pb2 as pb
 from atalaya.guardrail.v1 import guardrail_pb2_grpc
 
-from loadtests.generation_bench import Sink
+from loadtests.figures import Figure, Output, Samples
 from services.guardrail.evaluate import DEFAULT_EVAL, Item, load_items, messages
 from services.stack.process import HOST, ServiceProcess, free_port
 
@@ -83,8 +82,36 @@ async def _llm_share(target: str, items: Sequence[Item]) -> tuple[float, dict[st
     return escalated / len(items), verdicts
 
 
-def bench_guard(args: argparse.Namespace, workdir: Path, out: Sink, figure: Any) -> None:
-    """`figure` is bench.Figure (one definition of the output format)."""
+def _latency_figure(name: str, client_ms: Sequence[float], server_ms: Sequence[float]) -> Figure:
+    client, server = Samples.of(client_ms), Samples.of(server_ms)
+    return Figure(
+        f"guard_latency_{name}",
+        client.p50,
+        server.p50,
+        "ms",
+        {
+            "p99_ms": round(client.p99, 3),
+            "calls": len(client),
+            "baseline_is": "the detector's own time, measured in the server",
+        },
+    )
+
+
+def _measure(args: argparse.Namespace, items: Sequence[Item], target: str, out: Output) -> None:
+    """Each selected detector alone, then the default cascade, on the guardrail at `target`."""
+    for name, detector in DETECTORS.items():
+        if f"guard_latency_{name}" in out.selected:
+            client, server = asyncio.run(_detector_latency(target, items, detector, CALLS[name]))
+            out.emit(_latency_figure(name, client, server))
+    if SHARE_FIGURE in out.selected:
+        sample = items[:: max(1, len(items) // args.guard_items)][: args.guard_items]
+        share, verdicts = asyncio.run(_llm_share(target, sample))
+        out.emit(
+            Figure(SHARE_FIGURE, share, 1.0, "share", {"items": len(sample), "verdicts": verdicts})
+        )
+
+
+def bench_guard(args: argparse.Namespace, workdir: Path, out: Output) -> None:
     items = load_items(DEFAULT_EVAL)
     embedding_port, guard_port = free_port(), free_port()
     embedding = ServiceProcess(
@@ -106,38 +133,7 @@ def bench_guard(args: argparse.Namespace, workdir: Path, out: Sink, figure: Any)
             workdir / "guardrail.log",
         ).start(timeout_s=180)
         try:
-            for name, detector in DETECTORS.items():
-                if f"guard_latency_{name}" not in out.selected:
-                    continue
-                client, server = asyncio.run(
-                    _detector_latency(guard.target, items, detector, CALLS[name])
-                )
-                p50 = float(np.percentile(client, 50))
-                out.emit(
-                    figure(
-                        f"guard_latency_{name}",
-                        p50,
-                        float(np.percentile(server, 50)),
-                        "ms",
-                        {
-                            "p99_ms": round(float(np.percentile(client, 99)), 3),
-                            "calls": len(client),
-                            "baseline_is": "the detector's own time, measured in the server",
-                        },
-                    )
-                )
-            if SHARE_FIGURE in out.selected:
-                sample = items[:: max(1, len(items) // args.guard_items)][: args.guard_items]
-                share, verdicts = asyncio.run(_llm_share(guard.target, sample))
-                out.emit(
-                    figure(
-                        SHARE_FIGURE,
-                        share,
-                        1.0,
-                        "share",
-                        {"items": len(sample), "verdicts": verdicts},
-                    )
-                )
+            _measure(args, items, guard.target, out)
         finally:
             guard.stop()
     finally:

@@ -1,4 +1,4 @@
-"""runtime_overhead figures for `make bench` (see bench.py for the output format).
+"""runtime_overhead figures for `make bench` (loadtests/figures.py has the output format).
 
 One unary call, the guardrail's pii Classify of a short message (microseconds of
 work, so the figure is the runtime's hop, not the model), on each runtime the
@@ -33,12 +33,11 @@ from typing import Any
 
 import grpc
 import httpx
-import numpy as np
 from atalaya.common.v1 import common_pb2
 from atalaya.guardrail.v1 import guardrail_pb2, guardrail_pb2_grpc
 
 from loadtests.echo import echo_latencies
-from loadtests.generation_bench import Sink
+from loadtests.figures import Figure, Output, Samples
 from services.ray.local import READY_LINE
 from services.stack.process import HOST, ServiceProcess, free_port
 
@@ -312,43 +311,41 @@ async def _measure(targets: dict[str, str], calls: int, concurrency: int) -> dic
     return out
 
 
-def _ms(samples: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(samples) * 1000.0, q))
+def _runtime_figure(
+    name: str, m: dict[str, Any], ms: Mapping[str, Samples], concurrency: int
+) -> Figure:
+    echo_p50, grpc_p50, grpc_p99 = ms["echo"].p50, ms["grpc"].p50, ms["grpc"].p99
+    p50, p99, rps, grpc_rps = ms[name].p50, ms[name].p99, m[f"{name}_rps"], m["grpc_rps"]
+    return Figure(
+        f"runtime_overhead_{name}",
+        p50,
+        echo_p50 if name == "grpc" else grpc_p50,
+        "ms",
+        {
+            "baseline_is": (
+                "a raw grpc.aio echo hop, p50"
+                if name == "grpc"
+                else "the plain grpc.aio service's p50, same call, same run"
+            ),
+            "p99_ms": round(p99, 3),
+            "grpc_p99_ms": round(grpc_p99, 3),
+            "p99_ratio": round(p99 / grpc_p99, 3),
+            "max_rps": round(rps, 1),
+            "grpc_max_rps": round(grpc_rps, 1),
+            "rps_ratio": round(rps / grpc_rps, 3),
+            "raw_hop_p50_ms": round(echo_p50, 3),
+            "ratio_to_raw_hop": round(p50 / echo_p50, 2),
+            "hop_overhead_p50_ms": round(p50 - grpc_p50, 3),
+            "call": "guardrail Classify, pii policy, one short message",
+            "calls": len(ms[name]),
+            "concurrency": concurrency,
+        },
+    )
 
 
-def bench_runtime(args: argparse.Namespace, workdir: Path, out: Sink, figure: Any) -> None:
-    """`figure` is bench.Figure (one definition of the output format)."""
+def bench_runtime(args: argparse.Namespace, workdir: Path, out: Output) -> None:
     with _runtimes(workdir) as targets:
         m = asyncio.run(_measure(targets, args.latency_calls, args.concurrency))
-    echo_p50 = _ms(m["echo"], 50)
-    grpc_p50, grpc_p99, grpc_rps = _ms(m["grpc"], 50), _ms(m["grpc"], 99), m["grpc_rps"]
+    ms = {name: Samples.ms(m[name]) for name in ("echo", *RUNTIMES)}
     for name in RUNTIMES:
-        p50, p99, rps = _ms(m[name], 50), _ms(m[name], 99), m[f"{name}_rps"]
-        baseline = echo_p50 if name == "grpc" else grpc_p50
-        out.emit(
-            figure(
-                f"runtime_overhead_{name}",
-                p50,
-                baseline,
-                "ms",
-                {
-                    "baseline_is": (
-                        "a raw grpc.aio echo hop, p50"
-                        if name == "grpc"
-                        else "the plain grpc.aio service's p50, same call, same run"
-                    ),
-                    "p99_ms": round(p99, 3),
-                    "grpc_p99_ms": round(grpc_p99, 3),
-                    "p99_ratio": round(p99 / grpc_p99, 3),
-                    "max_rps": round(rps, 1),
-                    "grpc_max_rps": round(grpc_rps, 1),
-                    "rps_ratio": round(rps / grpc_rps, 3),
-                    "raw_hop_p50_ms": round(echo_p50, 3),
-                    "ratio_to_raw_hop": round(p50 / echo_p50, 2),
-                    "hop_overhead_p50_ms": round(p50 - grpc_p50, 3),
-                    "call": "guardrail Classify, pii policy, one short message",
-                    "calls": len(m[name]),
-                    "concurrency": args.concurrency,
-                },
-            )
-        )
+        out.emit(_runtime_figure(name, m, ms, args.concurrency))

@@ -20,10 +20,11 @@ E2E but has no TTFT/TPOT, and it is left out of SLO attainment and goodput.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from services.common.stats import percentile
 
 #: Percentiles reported everywhere.
 PERCENTILES = (50, 90, 95, 99)
@@ -111,17 +112,6 @@ class Slo:
 
     def as_dict(self) -> dict[str, float | None]:
         return asdict(self)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile with linear interpolation (numpy's default), None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summarize(values: Sequence[float]) -> dict[str, float | int | None]:

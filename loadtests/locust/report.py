@@ -12,7 +12,6 @@ import csv
 import html
 import io
 import json
-import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -20,14 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtests.locust.metrics import (
-    RequestRecord,
-    goodput,
-    percentile,
-    slo_p95_met,
-    summarize,
-)
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtests.locust.metrics import RequestRecord, goodput, slo_p95_met, summarize
 from loadtests.locust.settings import LoadSettings
+from services.common.stats import percentile
 
 #: The generator's CPU (percent of one core) above which its timings are suspect.
 CPU_SATURATION_PERCENT = 90.0
@@ -491,24 +487,28 @@ _HISTOGRAMS = {
     "gateway_ttft": "atalaya_gateway_time_to_first_token",
     "generation_ttft": "gen_ai_server_time_to_first_token",
 }
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfaN]+)")
+
+
+def _total_key(sample_name: str) -> str | None:
+    """The total a sample adds to ("gateway_ttft_sum", ...) if it is the _sum or
+    _count of a TTFT histogram (whatever its unit suffix), else None."""
+    for key, prefix in _HISTOGRAMS.items():
+        if sample_name.startswith(prefix):
+            for suffix in ("sum", "count"):
+                if sample_name.endswith("_" + suffix):
+                    return f"{key}_{suffix}"
+    return None
 
 
 def ttft_histogram_totals(text: str) -> dict[str, float]:
     """The _sum (seconds) and _count of the server TTFT histograms in a Prometheus
     text exposition, added over label sets."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if not match:
-            continue
-        name, value = match.group(1), float(match.group(3))
-        for key, prefix in _HISTOGRAMS.items():
-            if not name.startswith(prefix):
-                continue
-            for suffix in ("sum", "count"):
-                if name.endswith("_" + suffix):
-                    out[f"{key}_{suffix}"] = out.get(f"{key}_{suffix}", 0.0) + value
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = _total_key(sample.name)
+            if key is not None:
+                out[key] = out.get(key, 0.0) + sample.value
     return out
 
 

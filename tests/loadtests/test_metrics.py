@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from loadtests.locust.metrics import (
+    PERCENTILES,
     Goodput,
     RequestRecord,
     Slo,
     goodput,
-    percentile,
     slo_p95_met,
     stream_metrics,
     summarize,
@@ -48,11 +48,13 @@ def test_chunk_times_must_be_ordered_and_within_the_request() -> None:
         stream_metrics(1.0, [1.1], 1.05, 3)
 
 
-def test_percentiles_match_numpy_linear() -> None:
+def test_summary_percentiles_match_numpy_linear() -> None:
     values = [float(v) for v in np.random.default_rng(7).exponential(100.0, 501)]
-    for q in (50, 90, 95, 99):
-        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
-    assert percentile([], 50) is None
+    s = summarize(values)
+    for q in PERCENTILES:
+        assert s[f"p{q}"] == pytest.approx(float(np.percentile(values, q)))
+    empty = summarize([])
+    assert empty["count"] == 0 and empty["mean"] is None and empty["p50"] is None
     s = summarize([1.0, 2.0, 3.0, 4.0])
     assert s["count"] == 4 and s["mean"] == 2.5 and s["p50"] == 2.5
 
