@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,10 +29,12 @@ from typing import Any
 from loadtests.locust.prompts import load_conversations, simulator_scripts
 from loadtests.locust.report import one_line
 from loadtests.locust.settings import PROMPTS_PATH
-from services.stack.process import SERVING, free_port, health_status
+from services.common.process import HOST, free_port
+from services.stack.launch import start_stack
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
-SERVICES = ("generation", "embedding", "memory", "guardrail", "gateway")
+#: The services Locust's users call (each a --<name>=host:port option).
+CALLED = ("gateway", "embedding", "guardrail", "memory")
 #: The simulator's defaults here: a small GPU server's feel (TTFT ~120 ms, ~25 ms per
 #: token, 8 sequences decoded together, each slowing the others by 5%).
 SIM_ENV = {
@@ -50,52 +51,21 @@ SIM_ENV = {
 def stack_env(
     backend: str, metrics_ports: Mapping[str, int], scripts: Mapping[str, str]
 ) -> dict[str, dict[str, str]]:
-    """Per-service settings of the load-test stack ("{name}" and "{state}" are
-    resolved by services.stack)."""
-    env: dict[str, dict[str, str]] = {
-        "generation": {"ATALAYA_GENERATION_BACKEND": backend},
-        "embedding": {},
-        "memory": {
-            "ATALAYA_MEMORY_STATE_DIR": "{state}/memory",
-            "ATALAYA_MEMORY_EMBEDDING__TARGET": "{embedding}",
-        },
-        "guardrail": {"ATALAYA_GUARDRAIL_EMBEDDING__TARGET": "{embedding}"},
-        "gateway": {
-            "ATALAYA_GATEWAY_GUARDRAIL__TARGET": "{guardrail}",
-            "ATALAYA_GATEWAY_MEMORY__TARGET": "{memory}",
-            "ATALAYA_GATEWAY_GENERATION__TARGET": "{generation}",
-            "ATALAYA_GATEWAY_INPUT_POLICY": "fast",
-        },
-    }
+    """Per-service settings of the load-test stack, over those of
+    services/stack/stack.toml."""
+    env: dict[str, dict[str, str]] = {"generation": {"ATALAYA_GENERATION_BACKEND": backend}}
     if backend == "sim":
         env["generation"].update(SIM_ENV)
         env["generation"]["ATALAYA_GENERATION_SIM__SCRIPTS"] = json.dumps(dict(scripts))
     for name, port in metrics_ports.items():
-        env[name].update(
+        env.setdefault(name, {}).update(
             {
                 "OTEL_METRICS_EXPORTER": "prometheus",
-                "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+                "OTEL_EXPORTER_PROMETHEUS_HOST": HOST,
                 "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
             }
         )
     return env
-
-
-def _toml_string(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
-def write_stack_file(
-    path: Path,
-    ports: Mapping[str, int],
-    traces_port: int,
-    env: Mapping[str, Mapping[str, str]],
-) -> None:
-    lines = ['host = "127.0.0.1"', f"traces_port = {traces_port}"]
-    for name in SERVICES:
-        lines += ["", f"[services.{name}]", f"port = {ports[name]}", f"[services.{name}.env]"]
-        lines += [f"{k} = {_toml_string(v)}" for k, v in env.get(name, {}).items()]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -148,37 +118,26 @@ def run(args: argparse.Namespace) -> int:
     out: Path = (args.out or Path(".state") / "loadtest" / stamp).resolve()
     state = out / "stack"
     state.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in SERVICES}
     metrics_ports = {"gateway": free_port(), "generation": free_port()}
-    traces_port = free_port()
     scripts = simulator_scripts(load_conversations(PROMPTS_PATH))
-    config = state / "stack.toml"
-    write_stack_file(config, ports, traces_port, stack_env(args.backend, metrics_ports, scripts))
     log = out / "stack.log"
     print(f"loadtest: starting the stack ({args.backend}) -> {log}", file=sys.stderr)
     # The stack's own env: nothing inherited may point the services elsewhere.
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("ATALAYA_", "OTEL_"))}
-    with log.open("wb") as sink:
-        stack = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [sys.executable, "-m", "services.stack", "--config", str(config),
-             "--state-dir", str(state), "--raw-logs"],
-            stdout=sink, stderr=subprocess.STDOUT, env=base_env,
-        )  # fmt: skip
     try:
-        gateway = f"127.0.0.1:{ports['gateway']}"
-        deadline = time.monotonic() + args.start_timeout
-        while health_status(gateway) != SERVING:
-            if stack.poll() is not None or time.monotonic() > deadline:
-                print(log.read_text()[-4000:], file=sys.stderr)
-                print("loadtest: the stack did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-        targets = {
-            "gateway": gateway,
-            "embedding": f"127.0.0.1:{ports['embedding']}",
-            "guardrail": f"127.0.0.1:{ports['guardrail']}",
-            "memory": f"127.0.0.1:{ports['memory']}",
-        }
+        stack = start_stack(
+            state,
+            stack_env(args.backend, metrics_ports, scripts),
+            log=log,
+            base_env=base_env,
+            timeout_s=args.start_timeout,
+        )
+    except (RuntimeError, TimeoutError):
+        print(log.read_text()[-4000:], file=sys.stderr)
+        print("loadtest: the stack did not start", file=sys.stderr)
+        return 1
+    try:
+        targets = {name: stack.target(name) for name in CALLED}
         extra = [
             # Streamed at once, so TTFT/TPOT/ITL are generation's; buffered moderation
             # (the gateway's default) holds text back a window (32 tokens) at a time.
@@ -186,13 +145,13 @@ def run(args: argparse.Namespace) -> int:
             f"--shape={args.shape}",
             f"--max-requests={args.max_requests}",
             "--server-metrics="
-            + ",".join(f"http://127.0.0.1:{p}/metrics" for p in metrics_ports.values()),
+            + ",".join(f"http://{HOST}:{p}/metrics" for p in metrics_ports.values()),
             *args.locust_args,
         ]
         env = {
             **base_env,
             **{k: v for k, v in os.environ.items() if k.startswith("ATALAYA_LOADTEST_")},
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{traces_port}",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.traces_endpoint,
             "OTEL_METRICS_EXPORTER": "none",
         }
         print(f"loadtest: {args.users} users for {args.duration} s -> {out}", file=sys.stderr)
@@ -208,12 +167,7 @@ def run(args: argparse.Namespace) -> int:
             command, env=env, timeout=args.duration + 120, check=False
         )
     finally:
-        stack.terminate()
-        try:
-            stack.wait(60)
-        except subprocess.TimeoutExpired:
-            stack.kill()
-            stack.wait()
+        stack.stop()
     summary_path = out / "summary.json"
     if not summary_path.exists():
         print(f"loadtest: no summary (locust exit code {code.returncode})", file=sys.stderr)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.locust.metrics import Slo
+from services.common import topology
 
 PROMPTS_PATH = Path(__file__).resolve().parents[1] / "prompts" / "conversations.jsonl"
 SHAPES = ("constant", "step", "spike", "soak", "arrival")
@@ -18,10 +19,10 @@ TASKS = ("chat", "embed", "classify", "recall")
 
 @dataclass(frozen=True)
 class LoadSettings:
-    gateway: str = "127.0.0.1:50051"
-    embedding: str = "127.0.0.1:50054"
-    guardrail: str = "127.0.0.1:50052"
-    memory: str = "127.0.0.1:50055"
+    gateway: str = topology.target("gateway")
+    embedding: str = topology.target("embedding")
+    guardrail: str = topology.target("guardrail")
+    memory: str = topology.target("memory")
     chat_weight: int = 8
     embed_weight: int = 1
     classify_weight: int = 1

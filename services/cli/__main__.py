@@ -133,11 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         help="evaluate on a data set: run (default), compare, calibrate; eval -h for more",
     ).add_argument("eval_args", nargs=argparse.REMAINDER)
-    from loadtests import plan
-
-    plan.add_arguments(
-        commands.add_parser("plan", help="capacity and cost plan from a load test's summary")
-    )
+    commands.add_parser(
+        "plan",
+        add_help=False,
+        help="capacity and cost plan from a load test's summary; plan -h for more",
+    ).add_argument("plan_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -173,12 +173,6 @@ def _turn_settings(args: argparse.Namespace) -> client.TurnSettings:
     )
 
 
-def run_plan(args: argparse.Namespace) -> int:
-    from loadtests import plan
-
-    return plan.run(args)
-
-
 def run_status(args: argparse.Namespace) -> int:
     targets = status_targets(args.host, args.port_offset, dict(args.targets))
     statuses = asyncio.run(check_all(targets, args.timeout))
@@ -195,14 +189,27 @@ def run_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+OWN_PARSERS = ("eval", "plan")
+
+
+def run_own_parser(command: str, argv: Sequence[str]) -> int:
+    """The commands that parse their own arguments, imported only when run: eval
+    (services.eval.cli) and plan (the load-test tooling's loadtests.plan)."""
+    if command == "eval":
+        from services.eval.cli import main as eval_main
+
+        return eval_main(argv)
+    from loadtests.plan import main as plan_main
+
+    return plan_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default: sys.argv[1:]) and run the command; returns the exit code."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["eval"]:
-        from services.eval.cli import main as eval_main
-
-        return eval_main(argv[1:])
+    if argv[:1] and argv[0] in OWN_PARSERS:
+        return run_own_parser(argv[0], argv[1:])
     args = parser.parse_args(argv)
     try:
         if args.command == "chat":
@@ -215,7 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gateway.ask(_turn_settings(args), question, as_json=args.json, verbose=args.verbose)
             )
         simple = {"status": run_status, "trace": run_trace, "feedback-export": run_export}
-        simple["plan"] = run_plan
         if args.command in simple:
             return simple[args.command](args)
         return asyncio.run(

@@ -6,22 +6,15 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from services.common import health, topology
 
-from services.stack.config import load_config
-
-# The local stack's services and ports, from its one config file (services/stack/
-# stack.toml), in port order; --port-offset moves them all by the same amount.
-_STACK = load_config(environ={})
+# The services and their default ports (services/common/topology.py), in port
+# order; --port-offset moves them all by the same amount.
 SERVICES: tuple[tuple[str, int], ...] = tuple(
-    sorted(_STACK.ports().items(), key=lambda item: item[1])
+    sorted(topology.ports().items(), key=lambda item: item[1])
 )
-DEFAULT_HOST = _STACK.host
-
-SERVING = "SERVING"
-NOT_SERVING = "NOT_SERVING"
-UNREACHABLE = "UNREACHABLE"
+DEFAULT_HOST = topology.DEFAULT_HOST
+SERVING = health.SERVING
 
 
 @dataclass(frozen=True)
@@ -42,15 +35,8 @@ def service_targets(
 
 async def check(name: str, target: str, timeout_s: float) -> ServiceStatus:
     """One overall health check (empty service name)."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        try:
-            response = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
-            )
-        except grpc.aio.AioRpcError as exc:
-            return ServiceStatus(name, target, UNREACHABLE, exc.code().name)
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    return ServiceStatus(name, target, status)
+    result = await health.check_async(target, timeout_s)
+    return ServiceStatus(name, target, result.status, result.detail)
 
 
 async def check_all(targets: Sequence[tuple[str, str]], timeout_s: float) -> list[ServiceStatus]:

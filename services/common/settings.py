@@ -9,6 +9,8 @@ from typing import TypeVar
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.topology import DEFAULT_HOST
+
 S = TypeVar("S", bound="ServiceSettings")
 
 
@@ -18,7 +20,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATALAYA_", extra="ignore", frozen=True)
 
     host: str = Field(
-        "127.0.0.1",
+        DEFAULT_HOST,
         description="Address to bind; '[::]' or '0.0.0.0' in a container.",
     )
     port: int = Field(0, ge=0, le=65535, description="Port to bind; 0 picks a free one.")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.common import topology
 from services.common.settings import ServiceSettings
 
-DEFAULT_PORT = 50054
+DEFAULT_PORT = topology.port("embedding")
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 

@@ -20,12 +20,13 @@ from atalaya.common.v1 import common_pb2
 from atalaya.generation.v1 import generation_pb2 as gen
 from atalaya.generation.v1 import generation_pb2_grpc
 
+from services.common import topology
 from services.common.channel import ChannelSettings, create_channel
 from services.common.prompts import load_prompt, require_placeholders
 from services.eval.scorers import JUDGE, Score
 
 DEFAULT_JUDGE_PROMPT = Path(__file__).resolve().parent / "judge.toml"
-DEFAULT_GENERATION_TARGET = "127.0.0.1:50053"
+DEFAULT_GENERATION_TARGET = topology.target("generation")
 JUDGE_ERROR = "judge_error"
 #: Judge outputs kept in a record, cut to this many characters.
 RAW_CHARS = 400

@@ -23,13 +23,14 @@ from atalaya.generation.v1 import generation_pb2 as gen
 from services.client.gateway import DEFAULT_TARGET as DEFAULT_GATEWAY_TARGET
 from services.client.gateway import GatewayClient, TurnResult, TurnSettings, stage_name
 from services.client.memory import MemoryClient, message
+from services.common import topology
 from services.eval import scorers
 from services.eval.dataset import EXPECT_BLOCKED, EvalItem, file_sha256
 from services.eval.judge import Judge, JudgePrompt
 
 RESULTS_FILE = "results.jsonl"
 RUN_FORMAT = "atalaya-eval-run/1"
-DEFAULT_MEMORY_TARGET = "127.0.0.1:50055"
+DEFAULT_MEMORY_TARGET = topology.target("memory")
 #: Longest user or session id the gateway accepts.
 MAX_ID = 128
 

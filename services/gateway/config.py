@@ -8,23 +8,24 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common import topology
 from services.common.channel import ChannelSettings
 from services.common.settings import ServiceSettings
 from services.gateway.templates import DEFAULT_TEMPLATE
 
-DEFAULT_PORT = 50051
+DEFAULT_PORT = topology.port("gateway")
 
 
 class GuardrailChannel(ChannelSettings):
-    target: str = Field("127.0.0.1:50052", description="The guardrail service.")
+    target: str = Field(topology.target("guardrail"), description="The guardrail service.")
 
 
 class MemoryChannel(ChannelSettings):
-    target: str = Field("127.0.0.1:50055", description="The memory service.")
+    target: str = Field(topology.target("memory"), description="The memory service.")
 
 
 class GenerationChannel(ChannelSettings):
-    target: str = Field("127.0.0.1:50053", description="The generation service.")
+    target: str = Field(topology.target("generation"), description="The generation service.")
 
 
 class GatewaySettings(ServiceSettings):

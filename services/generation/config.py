@@ -7,10 +7,11 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.common import topology
 from services.common.settings import ServiceSettings
 from services.engines.settings import EngineSettings
 
-DEFAULT_PORT = 50053
+DEFAULT_PORT = topology.port("generation")
 
 
 class GenerationSettings(ServiceSettings, EngineSettings):

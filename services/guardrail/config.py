@@ -8,7 +8,8 @@ from typing import Literal, Self
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.channel import ChannelSettings
+from services.common import topology
+from services.common.channel import EmbeddingChannelSettings
 from services.common.settings import ServiceSettings
 from services.engines.llamacpp import LlamaCppConfig
 from services.engines.settings import EngineSettings
@@ -16,14 +17,7 @@ from services.guardrail.detectors.semantic import DEFAULT_EXEMPLARS
 from services.guardrail.domain import DetectorName
 from services.guardrail.policy import PolicySettings
 
-DEFAULT_PORT = 50052
-EMBEDDING_TARGET = "127.0.0.1:50054"
-
-
-class EmbeddingChannelSettings(ChannelSettings):
-    """The embedding service channel (ATALAYA_GUARDRAIL_EMBEDDING__TARGET=...)."""
-
-    target: str = Field(EMBEDDING_TARGET, description="host:port or dns:///name:port")
+DEFAULT_PORT = topology.port("guardrail")
 
 
 class LlamaGuardSettings(EngineSettings):

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common import topology
+from services.common.process import HOST, ServiceProcess, free_port
 from services.common.settings import load_settings
 from services.guardrail.config import GuardrailSettings
 from services.guardrail.core import ClassifyCall, GuardrailCore
@@ -279,14 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.embedding_target:
         report = run(args.embedding_target)
     else:
-        from services.stack.process import ServiceProcess, free_port
-
         with tempfile.TemporaryDirectory() as tmp:
             port = free_port()
             embedding = ServiceProcess(
-                "services.embedding",
+                topology.service("embedding").module,
                 port,
-                {"ATALAYA_EMBEDDING_PORT": str(port), "ATALAYA_EMBEDDING_HOST": "127.0.0.1"},
+                topology.listen_env("embedding", HOST, port),
                 Path(tmp) / "embedding.log",
             ).start()
             try:

@@ -7,18 +7,11 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.common.channel import ChannelSettings
+from services.common import topology
+from services.common.channel import EmbeddingChannelSettings
 from services.common.settings import ServiceSettings
 
-DEFAULT_PORT = 50055
-EMBEDDING_TARGET = "127.0.0.1:50054"
-
-
-class EmbeddingChannelSettings(ChannelSettings):
-    """The embedding service channel; every field has a default, so one nested
-    variable (ATALAYA_MEMORY_EMBEDDING__TIMEOUT_S=2) keeps the others."""
-
-    target: str = Field(EMBEDDING_TARGET, description="host:port or dns:///name:port")
+DEFAULT_PORT = topology.port("memory")
 
 
 class MemorySettings(ServiceSettings):

@@ -1,7 +1,8 @@
 """python -m services.stack: run the local stack until Ctrl-C (`make run`).
 
-Starts every service of services/stack/stack.toml as its own process, health-
-gated in order, with one prefixed log stream, restarts of crashed services, and
+Starts every service of the topology (services/common/topology.py) with the
+settings of services/stack/stack.toml, each as its own process, health-gated in
+order, with one prefixed log stream, restarts of crashed services, and
 a local OTLP trace receiver (`atalaya trace <request id>` reads what it got)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from services.stack.config import DEFAULT_CONFIG, load_config
+from services.stack.config import DEFAULT_CONFIG, TRACES_FILE, load_config
 from services.stack.supervisor import Supervisor
 from services.stack.traces import serve_traces
 
@@ -21,7 +22,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the stack file")
     parser.add_argument("--state-dir", default=".state", help="where services keep state")
     parser.add_argument(
-        "--port-offset", type=int, default=0, help="added to every port of the stack file"
+        "--port-offset", type=int, default=0, help="added to every port of the stack"
     )
     parser.add_argument("--raw-logs", action="store_true", help="print JSON log lines as is")
     parser.add_argument("--no-traces", action="store_true", help="no local trace receiver")
@@ -35,7 +36,7 @@ def main() -> int:
     common_env: dict[str, str] = {}
     traces = None
     if config.traces_port and not args.no_traces:
-        path = Path(args.state_dir) / "traces" / "spans.jsonl"
+        path = Path(args.state_dir) / TRACES_FILE
         traces = serve_traces(config.host, config.traces_port, path)
         common_env = {
             "OTEL_SDK_DISABLED": "false",

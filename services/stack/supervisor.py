@@ -8,11 +8,11 @@ import contextlib
 import json
 import os
 import signal
-import sys
-import time
+from collections.abc import Callable
 
+from services.common.health import SERVING
+from services.common.process import Exited, child_env, module_argv, wait_for_status
 from services.stack.config import ProcessSpec
-from services.stack.process import SERVING, serving_status
 
 
 def format_line(name: str, line: str, *, pretty: bool) -> str:
@@ -37,40 +37,48 @@ def format_line(name: str, line: str, *, pretty: bool) -> str:
 
 
 PROGRESS_EVERY_S = 5.0
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 class Supervisor:
+    """Starts `specs` in order, each once the one before is SERVING; restarts one
+    that exits (backoff doubling from `first_backoff_s` to `max_backoff_s`); stops
+    them in reverse order. Every line it says, and every line of the children,
+    goes to `out` (default: stdout), prefixed by who said it."""
+
     def __init__(
         self,
         specs: list[ProcessSpec],
         *,
         pretty: bool = True,
         common_env: dict[str, str] | None = None,
+        out: Callable[[str], None] = _print,
+        first_backoff_s: float = FIRST_BACKOFF_S,
+        max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
         self._specs = specs
         self._common_env = common_env or {}
         self._pretty = pretty
+        self._out = out
+        self._first_backoff_s = first_backoff_s
+        self._max_backoff_s = max_backoff_s
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._restarts: dict[str, int] = {}
 
     def _say(self, text: str) -> None:
-        print(format_line("stack", text, pretty=False), flush=True)
+        self._out(format_line("stack", text, pretty=False))
 
     async def _spawn(self, spec: ProcessSpec) -> asyncio.subprocess.Process:
-        env = {
-            "GRPC_VERBOSITY": "ERROR",
-            **os.environ,
-            **self._common_env,
-            **spec.env,
-            "PYTHONUNBUFFERED": "1",
-        }
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            spec.module,
-            env=env,
+            *module_argv(spec.module),
+            env=child_env(os.environ, self._common_env, spec.env),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them in order
@@ -84,43 +92,49 @@ class Supervisor:
         async for raw in stream:
             line = raw.decode(errors="replace").rstrip()
             if line:
-                print(format_line(name, line, pretty=self._pretty), flush=True)
+                self._out(format_line(name, line, pretty=self._pretty))
 
     async def _wait_serving(self, spec: ProcessSpec, proc: asyncio.subprocess.Process) -> None:
-        started = time.monotonic()
-        deadline = started + spec.start_timeout_s
-        next_note = started + PROGRESS_EVERY_S
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise RuntimeError(f"{spec.name} exited with code {proc.returncode} while starting")
-            if await serving_status(spec.target) == SERVING:
-                return
-            if time.monotonic() >= next_note:
-                waited = time.monotonic() - started
-                self._say(
-                    f"{spec.name}: loading ({waited:.0f}s; up to {spec.start_timeout_s:.0f}s)"
-                )
-                next_note += PROGRESS_EVERY_S
-            await asyncio.sleep(0.3)
-        raise RuntimeError(f"{spec.name} not SERVING after {spec.start_timeout_s:.0f}s")
+        loop = asyncio.get_running_loop()
+
+        def note(waited: float) -> None:
+            text = f"{spec.name}: loading ({waited:.0f}s; up to {spec.start_timeout_s:.0f}s)"
+            loop.call_soon_threadsafe(self._say, text)
+
+        try:
+            await asyncio.to_thread(
+                wait_for_status,
+                spec.target,
+                SERVING,
+                spec.start_timeout_s,
+                exited=lambda: proc.returncode,
+                progress=note,
+                progress_every_s=PROGRESS_EVERY_S,
+            )
+        except Exited as exc:
+            raise RuntimeError(f"{spec.name} exited with code {exc.code} while starting") from None
+        except TimeoutError:
+            raise RuntimeError(
+                f"{spec.name} not SERVING after {spec.start_timeout_s:.0f}s"
+            ) from None
 
     async def _watch(self, spec: ProcessSpec) -> None:
-        """Restart `spec` when it dies, with backoff (1 s doubling to 30 s)."""
-        backoff = 1.0
+        """Restart `spec` when it dies, with backoff (doubling, 1 s to 30 s by default)."""
+        backoff = self._first_backoff_s
         while not self._stopping:
             proc = self._procs[spec.name]
             code = await proc.wait()
             if self._stopping:
                 return
             self._restarts[spec.name] = self._restarts.get(spec.name, 0) + 1
-            self._say(f"{spec.name} exited with code {code}; restarting in {backoff:.0f}s")
+            self._say(f"{spec.name} exited with code {code}; restarting in {backoff:g}s")
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, self._max_backoff_s)
             proc = await self._spawn(spec)
             try:
                 await self._wait_serving(spec, proc)
                 self._say(f"{spec.name} is back: SERVING on {spec.target}")
-                backoff = 1.0
+                backoff = self._first_backoff_s
             except RuntimeError as exc:
                 self._say(str(exc))
 

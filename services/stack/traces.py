@@ -40,11 +40,14 @@ from opentelemetry.proto.collector.metrics.v1 import (
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 
+from services.common import topology
+from services.stack.config import TRACES_FILE
+
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 4317
-DEFAULT_PATH = Path(".state/traces/spans.jsonl")
+DEFAULT_HOST = topology.DEFAULT_HOST
+DEFAULT_PORT = topology.OTLP_PORT
+DEFAULT_PATH = Path(".state") / TRACES_FILE
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 REQUEST_ID_ATTRIBUTE = "atalaya.request_id"  # services.common.semconv.ATALAYA_REQUEST_ID
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

@@ -34,8 +34,8 @@ from services.engines.openai import (
     Price,
     estimate_tokens,
 )
-from services.stack.process import free_port
 from tests.support.engines import collect_events
+from tests.support.processes import free_port
 
 MODEL = "smollm2"
 N_CTX = 1024

@@ -19,8 +19,8 @@ from atalaya.gateway.v1 import gateway_pb2_grpc
 from atalaya.guardrail.v1 import guardrail_pb2
 
 from services.client import MemoryClient
-from services.stack.process import ServiceProcess, free_port
 from services.stack.traces import Span, find_trace, load_spans
+from tests.support.processes import ServiceProcess, free_port
 from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from services.common import topology
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
 
 def test_stack_starts_all_services_and_stops(tmp_path: Path) -> None:
-    offset = free_port() - 50054
-    if not 0 < offset + 50054 < 65000:
+    highest = max(topology.ports().values())
+    offset = free_port() - highest
+    if not 0 < offset + highest < 65000:
         offset = 10_000
     done = subprocess.run(
         [
@@ -37,11 +39,8 @@ def test_stack_starts_all_services_and_stops(tmp_path: Path) -> None:
     )
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
-    assert f"generation 127.0.0.1:{50053 + offset}" in out
-    assert f"embedding  127.0.0.1:{50054 + offset}" in out
-    assert f"memory     127.0.0.1:{50055 + offset}" in out
-    assert f"guardrail  127.0.0.1:{50052 + offset}" in out
-    assert f"gateway    127.0.0.1:{50051 + offset}" in out
+    for name in topology.NAMES:
+        assert f"{name:<10} {topology.target(name, port_offset=offset)}" in out
     assert out.index("guardrail SERVING") < out.index("starting gateway")
     assert out.index("embedding SERVING") < out.index("starting memory")
     assert "stack     | stopped" in out

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from services.stack.process import free_port
 from services.stack.traces import load_spans
+from tests.support.processes import free_port
 from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration

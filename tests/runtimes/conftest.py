@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import pytest
 
 from loadtests.runtime_bench import KServeProcess, RayServeProcess
-from services.stack.process import ServiceProcess, free_port
 from tests.runtimes.runtimes import GrpcRuntime, KServeV1, KServeV2Grpc, KServeV2Rest, Runtime
 from tests.support.postgres import TestPostgres
+from tests.support.processes import ServiceProcess, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from services.common import topology
 from services.common.errors import InvalidArgument
 from services.common.settings import ServiceSettings, SettingsError, load_settings
 from services.common.validation import (
@@ -155,7 +156,7 @@ def test_defaults_without_environment() -> None:
     memory = load_settings(MemorySettings)
     assert embedding.port == EMBEDDING_PORT
     assert memory.port == MEMORY_PORT
-    assert memory.embedding.target == "127.0.0.1:50054"
+    assert memory.embedding.target == topology.target("embedding")
     assert memory.dsn is None
 
 
@@ -193,7 +194,7 @@ def test_one_nested_variable_keeps_the_other_nested_defaults(
     monkeypatch.setenv("ATALAYA_MEMORY_EMBEDDING__TIMEOUT_S", "2")
     settings = load_settings(MemorySettings)
     assert settings.embedding.timeout_s == 2.0
-    assert settings.embedding.target == "127.0.0.1:50054"
+    assert settings.embedding.target == topology.target("embedding")
 
 
 @pytest.mark.parametrize(
