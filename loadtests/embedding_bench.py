@@ -25,7 +25,7 @@ from loadtests.local_model import LocalModel, Tally
 from loadtests.processes import running
 from loadtests.sentences import make_sentences
 from services.client import EmbeddingClient
-from services.stack.process import HOST
+from services.common.process import HOST
 
 MULTI_TEXT_CALLS = 8
 THROUGHPUT_FIGURE = "embedding_throughput"

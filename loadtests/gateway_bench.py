@@ -33,7 +33,8 @@ from atalaya.generation.v1 import generation_pb2, generation_pb2_grpc
 
 from loadtests.echo import echo_latencies
 from loadtests.figures import Figure, Output, Samples
-from services.stack.process import HOST, SERVING, ServiceProcess, free_port, wait_for_status
+from services.common.health import SERVING
+from services.common.process import HOST, ServiceProcess, free_port, wait_for_status
 
 TURN_FIGURE = "gateway_turn_overhead"
 TOKEN_FIGURE = "gateway_token_overhead"  # noqa: S105 - a figure name

@@ -22,9 +22,9 @@ from atalaya.generation.v1 import generation_pb2 as pb
 from atalaya.generation.v1 import generation_pb2_grpc
 
 from loadtests.figures import Figure, Output, Samples
+from services.common.process import ServiceProcess, free_port
 from services.engines.base import Delta, GenerationRequest, Message, SamplingParams
 from services.engines.sim import SimConfig, SimEngine
-from services.stack.process import ServiceProcess, free_port
 
 STREAM_FIGURES = ("stream_overhead_per_token", "stream_overhead_per_token_no_coalescing")
 TTFT_FIGURE = "ttft_overhead"

@@ -27,8 +27,8 @@ from atalaya.guardrail.v1 import guardrail_pb2 as pb
 from atalaya.guardrail.v1 import guardrail_pb2_grpc
 
 from loadtests.figures import Figure, Output, Samples
+from services.common.process import HOST, ServiceProcess, free_port
 from services.guardrail.evaluate import DEFAULT_EVAL, Item, load_items, messages
-from services.stack.process import HOST, ServiceProcess, free_port
 
 DETECTORS = {
     "pii": pb.DETECTOR_PII,

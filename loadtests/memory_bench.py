@@ -35,7 +35,7 @@ from loadtests.memory_data import (
 from loadtests.processes import running
 from loadtests.sentences import make_sentences
 from services.client import MemoryClient
-from services.stack.process import HOST, free_port
+from services.common.process import HOST, free_port
 
 MEMORY_FIGURES = ("memory_recall_p50", "memory_recall_p99", "memory_recall_at_10")
 #: The exact-path service's threshold: above any user's count.

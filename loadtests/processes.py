@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from loadtests.figures import progress
-from services.stack.process import ServiceProcess, free_port
+from services.common.process import ServiceProcess, free_port
 
 
-def child_env() -> dict[str, str]:
+def bench_env() -> dict[str, str]:
     """The parent's environment without ATALAYA_* settings (services run with their
     defaults plus what the bench sets), offline model loading."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATALAYA_")}
@@ -36,7 +36,7 @@ def running(
         port,
         {**env(port), **(overrides or {})},
         workdir / f"{label}.log",
-        base_env=child_env(),
+        base_env=bench_env(),
     )
     try:
         proc.start()

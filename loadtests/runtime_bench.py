@@ -38,8 +38,8 @@ from atalaya.guardrail.v1 import guardrail_pb2, guardrail_pb2_grpc
 
 from loadtests.echo import echo_latencies
 from loadtests.figures import Figure, Output, Samples
+from services.common.process import HOST, ServiceProcess, free_port
 from services.ray.local import READY_LINE
-from services.stack.process import HOST, ServiceProcess, free_port
 
 RUNTIMES = ("grpc", "ray", "kserve_v1", "kserve_v2_rest", "kserve_v2_grpc")
 RUNTIME_FIGURES = tuple(f"runtime_overhead_{name}" for name in RUNTIMES)

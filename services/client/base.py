@@ -8,7 +8,8 @@ from typing import Self
 import grpc
 
 from services.common import errors
-from services.common.channel import ChannelSettings, create_channel
+from services.common.channel import create_channel
+from services.common.settings import ChannelSettings
 
 _DOMAIN_BY_STATUS: dict[grpc.StatusCode, type[errors.AtalayaError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,

@@ -21,8 +21,9 @@ from atalaya.gateway.v1 import gateway_pb2 as gw
 from atalaya.gateway.v1 import gateway_pb2_grpc
 
 from services.client.base import BaseClient
+from services.common import topology
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TARGET = topology.target("gateway")
 DEFAULT_CHAT_TIMEOUT_S = 300.0
 DEFAULT_FEEDBACK_TIMEOUT_S = 10.0
 MODERATION_MODES = {

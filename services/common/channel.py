@@ -13,32 +13,9 @@ import json
 from typing import Any
 
 import grpc
-from pydantic import BaseModel, Field
 
-from services.common import topology
+from services.common.settings import ChannelSettings
 from services.common.telemetry import client_interceptors
-
-
-class ChannelSettings(BaseModel):
-    """How to reach one upstream service; embedded in a service's settings."""
-
-    model_config = {"frozen": True}
-
-    target: str = Field(description="host:port or dns:///name:port")
-    timeout_s: float = Field(5.0, gt=0, description="Default deadline per call.")
-    max_attempts: int = Field(3, ge=1, le=5, description="Tries per call on UNAVAILABLE.")
-    initial_backoff_s: float = Field(0.05, gt=0)
-    max_backoff_s: float = Field(1.0, gt=0)
-    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    keepalive_time_s: float = Field(30.0, gt=0)
-
-
-class EmbeddingChannelSettings(ChannelSettings):
-    """The embedding service channel of a service that embeds text
-    (<PREFIX>EMBEDDING__TARGET=...); every field has a default, so one nested
-    variable (<PREFIX>EMBEDDING__TIMEOUT_S=2) keeps the others."""
-
-    target: str = Field(topology.target("embedding"), description="host:port or dns:///name:port")
 
 
 def _duration(seconds: float) -> str:

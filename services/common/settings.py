@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.topology import DEFAULT_HOST
+from services.common import topology
 
 S = TypeVar("S", bound="ServiceSettings")
 
@@ -20,7 +20,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATALAYA_", extra="ignore", frozen=True)
 
     host: str = Field(
-        DEFAULT_HOST,
+        topology.DEFAULT_HOST,
         description="Address to bind; '[::]' or '0.0.0.0' in a container.",
     )
     port: int = Field(0, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
@@ -49,6 +49,28 @@ class ServiceSettings(BaseSettings):
     readiness_interval_s: float = Field(
         2.0, gt=0, description="How often readiness (and so grpc.health.v1) is re-checked."
     )
+
+
+class ChannelSettings(BaseModel):
+    """How to reach one upstream service; embedded in a service's settings."""
+
+    model_config = {"frozen": True}
+
+    target: str = Field(description="host:port or dns:///name:port")
+    timeout_s: float = Field(5.0, gt=0, description="Default deadline per call.")
+    max_attempts: int = Field(3, ge=1, le=5, description="Tries per call on UNAVAILABLE.")
+    initial_backoff_s: float = Field(0.05, gt=0)
+    max_backoff_s: float = Field(1.0, gt=0)
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    keepalive_time_s: float = Field(30.0, gt=0)
+
+
+class EmbeddingChannelSettings(ChannelSettings):
+    """The embedding service channel of a service that embeds text
+    (<PREFIX>EMBEDDING__TARGET=...); every field has a default, so one nested
+    variable (<PREFIX>EMBEDDING__TIMEOUT_S=2) keeps the others."""
+
+    target: str = Field(topology.target("embedding"), description="host:port or dns:///name:port")
 
 
 class SettingsError(SystemExit):

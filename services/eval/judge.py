@@ -21,8 +21,9 @@ from atalaya.generation.v1 import generation_pb2 as gen
 from atalaya.generation.v1 import generation_pb2_grpc
 
 from services.common import topology
-from services.common.channel import ChannelSettings, create_channel
+from services.common.channel import create_channel
 from services.common.prompts import load_prompt, require_placeholders
+from services.common.settings import ChannelSettings
 from services.eval.scorers import JUDGE, Score
 
 DEFAULT_JUDGE_PROMPT = Path(__file__).resolve().parent / "judge.toml"

@@ -23,8 +23,9 @@ from google.protobuf.message import Message
 
 from services.client import domain_error
 from services.client.memory import message
-from services.common.channel import ChannelSettings, create_channel
+from services.common.channel import create_channel
 from services.common.errors import NotFound
+from services.common.settings import ChannelSettings
 from services.gateway.upstream import (
     GenDelta,
     GenDone,

@@ -9,8 +9,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common import topology
-from services.common.channel import ChannelSettings
-from services.common.settings import ServiceSettings
+from services.common.settings import ChannelSettings, ServiceSettings
 from services.gateway.templates import DEFAULT_TEMPLATE
 
 DEFAULT_PORT = topology.port("gateway")

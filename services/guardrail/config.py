@@ -9,8 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common import topology
-from services.common.channel import EmbeddingChannelSettings
-from services.common.settings import ServiceSettings
+from services.common.settings import EmbeddingChannelSettings, ServiceSettings
 from services.engines.llamacpp import LlamaCppConfig
 from services.engines.settings import EngineSettings
 from services.guardrail.detectors.semantic import DEFAULT_EXEMPLARS

@@ -8,8 +8,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common import topology
-from services.common.channel import EmbeddingChannelSettings
-from services.common.settings import ServiceSettings
+from services.common.settings import EmbeddingChannelSettings, ServiceSettings
 
 DEFAULT_PORT = topology.port("memory")
 

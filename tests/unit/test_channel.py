@@ -8,7 +8,8 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from services.common.channel import ChannelSettings, channel_options, service_config
+from services.common.channel import channel_options, service_config
+from services.common.settings import ChannelSettings
 
 
 def test_round_robin_is_always_configured() -> None:
