@@ -21,7 +21,8 @@ from atalaya.common.v1 import common_pb2
 from atalaya.generation.v1 import generation_pb2 as pb
 from atalaya.generation.v1 import generation_pb2_grpc
 
-from services.engines.base import Delta, GenerationRequest, Message, SamplingParams
+from services.common.chat import ChatMessage
+from services.engines.base import Delta, GenerationRequest, SamplingParams
 from services.engines.sim import SimConfig, SimEngine
 from services.stack.process import ServiceProcess, free_port
 
@@ -69,7 +70,7 @@ def _sim_env(port: int, coalesce_ms: float) -> dict[str, str]:
 def _domain_request(i: int, max_tokens: int) -> GenerationRequest:
     return GenerationRequest(
         request_id=f"bench-{i}",
-        messages=[Message("user", PROMPT)],
+        messages=[ChatMessage("user", PROMPT)],
         sampling=SamplingParams(max_tokens=max_tokens, ignore_eos=True, seed=i),
     )
 

@@ -19,11 +19,11 @@ from typing import Any, TextIO
 
 import grpc
 from atalaya.gateway.v1 import gateway_pb2_grpc
-from atalaya.generation.v1 import generation_pb2 as gen
 
 from services.cli import gateway
 from services.cli.render import TurnResult, stage_name
 from services.client.memory import MemoryClient, message
+from services.common.vocab import BACKEND
 from services.eval import scorers
 from services.eval.dataset import EXPECT_BLOCKED, EvalItem, file_sha256
 from services.eval.judge import Judge, JudgePrompt
@@ -109,7 +109,7 @@ def turn_from(result: TurnResult, latency_ms: float) -> Turn:
         turn.output_tokens = done.usage.output_tokens
         turn.cost_usd = done.cost_usd if done.HasField("cost_usd") else None
         turn.model = done.model
-        turn.backend = gen.Backend.Name(done.backend).removeprefix("BACKEND_").lower()
+        turn.backend = BACKEND.name(done.backend) or "unspecified"
         t = done.prompt_template
         turn.template = f"{t.name}@{t.version}" if t.name else ""
         turn.history_turns = done.memory.history_turns

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from services.common.chat import ChatMessage
 from services.common.embedder import Embedder, Vector
 from services.embedding.backends.base import EmbeddingBackend, Encoded
 from services.memory.domain import (
@@ -20,7 +21,6 @@ from services.memory.domain import (
     ForgetCounts,
     History,
     MemoryStore,
-    Message,
     NewMemory,
     Recalled,
     Turn,
@@ -98,7 +98,7 @@ class InMemoryStore(MemoryStore):
         user_id: str,
         session_id: str,
         request_id: str,
-        messages: Sequence[Message],
+        messages: Sequence[ChatMessage],
         metadata: dict[str, str],
     ) -> AppendResult:
         turns = self.turns.setdefault((user_id, session_id), [])
