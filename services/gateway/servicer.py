@@ -27,10 +27,10 @@ from services.common.vocab import (
 from services.gateway.core import (
     BlockedOut,
     ChatCore,
+    ChatTurn,
     DeltaOut,
     DoneOut,
     Event,
-    Turn,
     VerdictOut,
 )
 from services.gateway.moderation import Mode
@@ -44,9 +44,9 @@ def _mode(value: int) -> Mode | None:
     return cast(Mode, name) if name else None
 
 
-def to_turn(request: pb.ChatRequest) -> Turn:
+def to_turn(request: pb.ChatRequest) -> ChatTurn:
     o = request.options
-    return Turn(
+    return ChatTurn(
         request_id=request_id_or_new(request.request_id),
         user_id=request.user_id,
         session_id=request.session_id,

@@ -13,7 +13,7 @@ from services.common.embedder import Vector
 
 
 @dataclass(frozen=True)
-class Turn:
+class SessionTurn:
     """One turn of a session as stored: its messages, in order, and their place
     in the session."""
 
@@ -32,7 +32,7 @@ class AppendResult:
 
 @dataclass(frozen=True)
 class History:
-    turns: list[Turn]  # oldest first
+    turns: list[SessionTurn]  # oldest first
     total_turns: int
 
 

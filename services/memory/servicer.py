@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.common.validation import request_id_or_new
 from services.common.vocab import message_from_proto, message_to_proto
 from services.memory.core import MemoryCore
-from services.memory.domain import NewMemory, Recalled, Turn
+from services.memory.domain import NewMemory, Recalled, SessionTurn
 
 
 def _timestamp(dt: datetime) -> Timestamp:
@@ -23,7 +23,7 @@ def _timestamp(dt: datetime) -> Timestamp:
     return ts
 
 
-def _turn(t: Turn) -> memory_pb2.Turn:
+def _turn(t: SessionTurn) -> memory_pb2.Turn:
     return memory_pb2.Turn(
         request_id=t.request_id,
         index=t.index,

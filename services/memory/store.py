@@ -35,7 +35,7 @@ from services.memory.domain import (
     MemoryStore,
     NewMemory,
     Recalled,
-    Turn,
+    SessionTurn,
 )
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ class PostgresStore(MemoryStore):
             )
             rows = await cur.fetchall()
         turns = [
-            Turn(
+            SessionTurn(
                 request_id=r["request_id"],
                 index=r["turn_index"],
                 messages=_messages(r["messages"]),

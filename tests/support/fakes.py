@@ -23,7 +23,7 @@ from services.memory.domain import (
     MemoryStore,
     NewMemory,
     Recalled,
-    Turn,
+    SessionTurn,
 )
 
 DIM = 384
@@ -88,7 +88,7 @@ class InMemoryStore(MemoryStore):
     """The MemoryStore contract in dictionaries, for core tests."""
 
     def __init__(self) -> None:
-        self.turns: dict[tuple[str, str], list[Turn]] = {}
+        self.turns: dict[tuple[str, str], list[SessionTurn]] = {}
         self.memories: dict[str, list[tuple[str, str, NewMemory, Vector]]] = {}
         self.feedback: dict[tuple[str, str], tuple[str, float, str]] = {}
         self.up = True
@@ -105,7 +105,9 @@ class InMemoryStore(MemoryStore):
         for t in turns:
             if t.request_id == request_id:
                 return AppendResult(t.index, created=False)
-        turns.append(Turn(request_id, len(turns), list(messages), metadata, datetime.now(UTC)))
+        turns.append(
+            SessionTurn(request_id, len(turns), list(messages), metadata, datetime.now(UTC))
+        )
         return AppendResult(len(turns) - 1, created=True)
 
     async def history(self, user_id: str, session_id: str, last_n: int) -> History | None:
