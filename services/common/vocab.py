@@ -5,7 +5,7 @@ every servicer, client, CLI command and load test converts them the same way:
     BACKEND.value("llamacpp") == generation_pb2.BACKEND_LLAMACPP
 
 A value's name is its proto name without the enum's prefix (the zero value's name
-less UNSPECIFIED), in lower case. The zero value, <PREFIX>UNSPECIFIED, is proto3's
+less UNSPECIFIED), in lower case. The zero value, <ENUM>_UNSPECIFIED, is proto3's
 "not set"; its name is "". Domain enums whose values are these names (the
 guardrail's DetectorName, Verdict, ExecutionMode...) convert through them:
 `DETECTOR.member(value, DetectorName)` and `DETECTOR.value(name)`.
@@ -47,7 +47,7 @@ class ProtoEnum(Generic[V]):
         self.full_name: str = descriptor.full_name
         zero = descriptor.values_by_number.get(0)
         if zero is None or not zero.name.endswith("_" + _UNSPECIFIED):
-            raise ValueError(f"{self.full_name}: the zero value must be <PREFIX>_UNSPECIFIED")
+            raise ValueError(f"{self.full_name}: the zero value must be <ENUM>_UNSPECIFIED")
         self.prefix: str = zero.name.removesuffix(_UNSPECIFIED)
         self._names: dict[int, str] = {}
         self._values: dict[str, V] = {}
