@@ -22,8 +22,9 @@ from atalaya.generation.v1 import generation_pb2 as pb
 from atalaya.generation.v1 import generation_pb2_grpc
 
 from loadtests.figures import Figure, Output, Samples
+from services.common.chat import ChatMessage
 from services.common.process import ServiceProcess, free_port
-from services.engines.base import Delta, GenerationRequest, Message, SamplingParams
+from services.engines.base import Delta, GenerationRequest, SamplingParams
 from services.engines.sim import SimConfig, SimEngine
 
 STREAM_FIGURES = ("stream_overhead_per_token", "stream_overhead_per_token_no_coalescing")
@@ -63,7 +64,7 @@ def _sim_env(port: int, coalesce_ms: float) -> dict[str, str]:
 def _domain_request(i: int, max_tokens: int) -> GenerationRequest:
     return GenerationRequest(
         request_id=f"bench-{i}",
-        messages=[Message("user", PROMPT)],
+        messages=[ChatMessage("user", PROMPT)],
         sampling=SamplingParams(max_tokens=max_tokens, ignore_eos=True, seed=i),
     )
 

@@ -28,25 +28,22 @@ from atalaya.guardrail.v1 import guardrail_pb2_grpc
 
 from loadtests.figures import Figure, Output, Samples
 from services.common.process import HOST, ServiceProcess, free_port
+from services.common.vocab import DETECTOR, ROLE, VERDICT
 from services.guardrail.evaluate import DEFAULT_EVAL, Item, load_items, messages
 
-DETECTORS = {
-    "pii": pb.DETECTOR_PII,
-    "semantic": pb.DETECTOR_SEMANTIC,
-    "llama_guard": pb.DETECTOR_LLAMA_GUARD,
-}
+#: Detector names (services.common.vocab.DETECTOR), in the order of their figures.
+DETECTORS = ("pii", "semantic", "llama_guard")
 LATENCY_FIGURES = tuple(f"guard_latency_{name}" for name in DETECTORS)
 SHARE_FIGURE = "cascade_llm_share"
 GUARD_FIGURES = (*LATENCY_FIGURES, SHARE_FIGURE)
 #: Calls per detector: llama_guard is seconds per call on 2 CPU cores.
 CALLS = {"pii": 200, "semantic": 200, "llama_guard": 12}
-ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT}
 
 
 def _request(item: Item, **fields: Any) -> pb.ClassifyRequest:
     return pb.ClassifyRequest(
         request_id=item.id,
-        messages=[common_pb2.ChatMessage(role=ROLES[r], content=t) for r, t in messages(item)],
+        messages=[common_pb2.ChatMessage(role=ROLE.value(r), content=t) for r, t in messages(item)],
         **fields,
     )
 
@@ -77,8 +74,8 @@ async def _llm_share(target: str, items: Sequence[Item]) -> tuple[float, dict[st
         for item in items:
             out = await stub.Classify(_request(item, policy="default"), timeout=120)
             escalated += any(r.detector == pb.DETECTOR_LLAMA_GUARD for r in out.detector_results)
-            key = "fail_mode" if out.fail_mode_applied else pb.Verdict.Name(out.verdict)[8:]
-            verdicts[key.lower()] += 1
+            key = "fail_mode" if out.fail_mode_applied else VERDICT.name(out.verdict)
+            verdicts[key] += 1
     return escalated / len(items), verdicts
 
 
@@ -99,7 +96,8 @@ def _latency_figure(name: str, client_ms: Sequence[float], server_ms: Sequence[f
 
 def _measure(args: argparse.Namespace, items: Sequence[Item], target: str, out: Output) -> None:
     """Each selected detector alone, then the default cascade, on the guardrail at `target`."""
-    for name, detector in DETECTORS.items():
+    for name in DETECTORS:
+        detector = DETECTOR.value(name)
         if f"guard_latency_{name}" in out.selected:
             client, server = asyncio.run(_detector_latency(target, items, detector, CALLS[name]))
             out.emit(_latency_figure(name, client, server))

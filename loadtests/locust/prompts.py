@@ -16,7 +16,9 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
-class Turn:
+class ScriptTurn:
+    """One turn of a scripted conversation: what the user says, and the reply it expects."""
+
     user: str
     reply: str = ""
 
@@ -24,7 +26,7 @@ class Turn:
 @dataclass(frozen=True)
 class Conversation:
     id: str
-    turns: tuple[Turn, ...]
+    turns: tuple[ScriptTurn, ...]
 
 
 def load_conversations(path: str | Path) -> list[Conversation]:
@@ -33,7 +35,7 @@ def load_conversations(path: str | Path) -> list[Conversation]:
         if not line.strip():
             continue
         data = json.loads(line)
-        turns = tuple(Turn(t["user"], t.get("reply", "")) for t in data["turns"])
+        turns = tuple(ScriptTurn(t["user"], t.get("reply", "")) for t in data["turns"])
         if not turns or any(not t.user.strip() for t in turns):
             raise ValueError(f"{path}:{number}: a conversation needs turns with a user message")
         out.append(Conversation(str(data.get("id", number)), turns))

@@ -10,32 +10,26 @@ from atalaya.gateway.v1 import gateway_pb2 as gw
 from atalaya.guardrail.v1 import guardrail_pb2 as guard
 
 from services.client.gateway import stage_name
+from services.common.vocab import DETECTOR, VERDICT, category_label
 
 DIM = "\x1b[2m"
 BOLD_RED = "\x1b[1;31m"
 RESET = "\x1b[0m"
 
-_CATEGORY_PREFIX = "HAZARD_CATEGORY_"
-_DETECTOR_PREFIX = "DETECTOR_"
-
 
 def category_name(category: int) -> str:
     """'S1 Violent Crimes' for HAZARD_CATEGORY_S1_VIOLENT_CRIMES."""
+    if category == guard.HAZARD_CATEGORY_UNSPECIFIED:
+        return "UNSPECIFIED"
     try:
-        name = guard.HazardCategory.Name(category)  # type: ignore[arg-type]
+        return category_label(category)
     except ValueError:
         return f"category {category}"
-    code, _, words = name.removeprefix(_CATEGORY_PREFIX).partition("_")
-    return f"{code} {words.replace('_', ' ').title()}".strip()
 
 
 def detector_name(detector: int) -> str:
     """'llama_guard', 'semantic' or 'pii'."""
-    try:
-        name = guard.Detector.Name(detector)  # type: ignore[arg-type]
-    except ValueError:
-        return f"detector {detector}"
-    return "unknown detector" if detector == 0 else name.removeprefix(_DETECTOR_PREFIX).lower()
+    return DETECTOR.name(detector, default=f"detector {detector}") or "unknown detector"
 
 
 def _categories(categories: Iterable[int]) -> str:
@@ -44,12 +38,7 @@ def _categories(categories: Iterable[int]) -> str:
 
 def format_verdict(verdict: gw.GuardVerdict) -> str:
     """One line, e.g. '[input guard: safe by semantic, 12 ms]'."""
-    if verdict.verdict == guard.VERDICT_SAFE:
-        outcome = "safe"
-    elif verdict.verdict == guard.VERDICT_UNSAFE:
-        outcome = "unsafe"
-    else:
-        outcome = guard.Verdict.Name(verdict.verdict).removeprefix("VERDICT_").lower()
+    outcome = VERDICT.name(verdict.verdict) or "unspecified"
     if verdict.categories:
         outcome += f" ({_categories(verdict.categories)})"
     parts = [f"{outcome} by {detector_name(verdict.decided_by)}"]

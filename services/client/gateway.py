@@ -22,6 +22,7 @@ from atalaya.gateway.v1 import gateway_pb2_grpc
 
 from services.client.base import BaseClient
 from services.common import topology
+from services.common.vocab import GUARD_STAGE
 
 DEFAULT_TARGET = topology.target("gateway")
 DEFAULT_CHAT_TIMEOUT_S = 300.0
@@ -42,11 +43,7 @@ def new_id() -> str:
 
 def stage_name(stage: int) -> str:
     """'input' or 'output'."""
-    if stage == gw.GUARD_STAGE_INPUT:
-        return "input"
-    if stage == gw.GUARD_STAGE_OUTPUT:
-        return "output"
-    return "unknown"
+    return GUARD_STAGE.name(stage, default="") or "unknown"
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,12 @@ from atalaya.common.v1 import common_pb2
 from atalaya.memory.v1 import memory_pb2, memory_pb2_grpc
 
 from services.client.base import BaseClient
-
-ROLES = {
-    "system": common_pb2.ROLE_SYSTEM,
-    "user": common_pb2.ROLE_USER,
-    "assistant": common_pb2.ROLE_ASSISTANT,
-    "tool": common_pb2.ROLE_TOOL,
-}
+from services.common.vocab import ROLE
 
 
 def message(role: str, content: str) -> common_pb2.ChatMessage:
     """A ChatMessage from a role name ('user', 'assistant', 'system', 'tool')."""
-    return common_pb2.ChatMessage(role=ROLES[role], content=content)
+    return common_pb2.ChatMessage(role=ROLE.value(role), content=content)
 
 
 class MemoryClient(BaseClient):

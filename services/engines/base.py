@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-Role = Literal["system", "user", "assistant", "tool"]
+from services.common.chat import ChatMessage
+
 BackendKind = Literal["vllm", "llamacpp", "openai", "sim"]
 FinishReason = Literal["stop", "length"]
 
@@ -32,12 +33,6 @@ SAMPLING_FIELDS = (
     "frequency_penalty",
     "ignore_eos",
 )
-
-
-@dataclass(frozen=True)
-class Message:
-    role: Role
-    content: str
 
 
 @dataclass(frozen=True)
@@ -73,7 +68,7 @@ class SamplingParams:
 class GenerationRequest:
     request_id: str
     #: Exactly one of messages (rendered with the chat template) or prompt (raw).
-    messages: Sequence[Message] | None = None
+    messages: Sequence[ChatMessage] | None = None
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     adapter: str | None = None  # LoRA adapter name

@@ -59,6 +59,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from services.common.chat import ChatMessage
 from services.common.errors import InvalidArgument, Unavailable
 from services.engines.base import (
     SAMPLING_FIELDS,
@@ -68,7 +69,6 @@ from services.engines.base import (
     Finish,
     FinishReason,
     GenerationRequest,
-    Message,
     ModelInfo,
 )
 from services.engines.prompt import StopMatch, StopMatcher
@@ -175,7 +175,7 @@ class SimConfig:
             raise ValueError("fail_after_tokens must be >= 0")
 
 
-def render_prompt(messages: Sequence[Message]) -> str:
+def render_prompt(messages: Sequence[ChatMessage]) -> str:
     """The simulator's "chat template" (see the module docstring)."""
     lines = [f"<|{m.role}|> {m.content}" for m in messages]
     lines.append("<|assistant|>")

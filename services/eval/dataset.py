@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.common.chat import ChatMessage
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 STARTER_SET = DATA_DIR / "starter.jsonl"
 CALIBRATION_SET = DATA_DIR / "calibration.jsonl"
@@ -39,19 +41,13 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
 class EvalItem:
     id: str
     question: str
     ground_truth: str = ""
     tags: tuple[str, ...] = ()
     language: str = ""
-    history: tuple[Message, ...] = ()
+    history: tuple[ChatMessage, ...] = ()
     expect: str | None = None
     scorers: tuple[str, ...] | None = None
 
@@ -87,7 +83,7 @@ def _strings(value: Any, name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _history(value: Any) -> tuple[Message, ...]:
+def _history(value: Any) -> tuple[ChatMessage, ...]:
     if not isinstance(value, list):
         raise ValueError("`history` must be a list of {role, content} objects")
     out = []
@@ -100,7 +96,7 @@ def _history(value: Any) -> tuple[Message, ...]:
             raise ValueError(f"history[{i}] must have role {expected!r} (user/assistant pairs)")
         if not isinstance(content, str) or not content:
             raise ValueError(f"history[{i}].content must be a non-empty string")
-        out.append(Message(role, content))
+        out.append(ChatMessage(role, content))
     if len(out) % 2:
         raise ValueError("`history` must end with an assistant message")
     return tuple(out)

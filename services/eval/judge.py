@@ -24,6 +24,7 @@ from services.common import topology
 from services.common.channel import create_channel
 from services.common.prompts import load_prompt, require_placeholders
 from services.common.settings import ChannelSettings
+from services.common.vocab import ROLE
 from services.eval.scorers import JUDGE, Score
 
 DEFAULT_JUDGE_PROMPT = Path(__file__).resolve().parent / "judge.toml"
@@ -176,13 +177,6 @@ def _call_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-_ROLES = {
-    "system": common_pb2.ROLE_SYSTEM,
-    "user": common_pb2.ROLE_USER,
-    "assistant": common_pb2.ROLE_ASSISTANT,
-}
-
-
 @dataclass(frozen=True)
 class GenerationJudgeSettings:
     target: str = DEFAULT_GENERATION_TARGET
@@ -218,7 +212,9 @@ class GenerationJudge:
         request = gen.GenerateRequest(
             model=s.model,
             chat=gen.Conversation(
-                messages=[common_pb2.ChatMessage(role=_ROLES[r], content=c) for r, c in messages]
+                messages=[
+                    common_pb2.ChatMessage(role=ROLE.value(r), content=c) for r, c in messages
+                ]
             ),
             sampling=gen.SamplingParams(
                 temperature=s.temperature, seed=s.seed, max_tokens=s.max_tokens

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from atalaya.generation.v1 import generation_pb2 as gen
 
 from services.client.gateway import DEFAULT_TARGET as DEFAULT_GATEWAY_TARGET
 from services.client.gateway import GatewayClient, TurnResult, TurnSettings, stage_name
 from services.client.memory import MemoryClient, message
 from services.common import topology
+from services.common.vocab import BACKEND
 from services.eval import scorers
 from services.eval.dataset import EXPECT_BLOCKED, EvalItem, file_sha256
 from services.eval.judge import Judge, JudgePrompt
@@ -76,7 +76,7 @@ class RunConfig:
 
 
 @dataclass
-class Turn:
+class EvalTurn:
     """What the gateway said for one item."""
 
     answer: str = ""
@@ -96,8 +96,8 @@ class Turn:
     history_turns: int = 0
 
 
-def turn_from(result: TurnResult, latency_ms: float) -> Turn:
-    turn = Turn(answer=result.answer, request_id=result.request_id, latency_ms=latency_ms)
+def turn_from(result: TurnResult, latency_ms: float) -> EvalTurn:
+    turn = EvalTurn(answer=result.answer, request_id=result.request_id, latency_ms=latency_ms)
     if result.blocked is not None:
         turn.blocked = True
         turn.blocked_stage = stage_name(result.blocked.stage)
@@ -109,7 +109,7 @@ def turn_from(result: TurnResult, latency_ms: float) -> Turn:
         turn.output_tokens = done.usage.output_tokens
         turn.cost_usd = done.cost_usd if done.HasField("cost_usd") else None
         turn.model = done.model
-        turn.backend = gen.Backend.Name(done.backend).removeprefix("BACKEND_").lower()
+        turn.backend = BACKEND.name(done.backend) or "unspecified"
         t = done.prompt_template
         turn.template = f"{t.name}@{t.version}" if t.name else ""
         turn.history_turns = done.memory.history_turns
@@ -118,7 +118,7 @@ def turn_from(result: TurnResult, latency_ms: float) -> Turn:
 
 def score_record(
     item: EvalItem,
-    turn: Turn,
+    turn: EvalTurn,
     scores: Sequence[scorers.Score],
     judge_attempts: int = 0,
     judge_raw: Sequence[str] = (),
@@ -155,7 +155,7 @@ def error_record(item: EvalItem, error: str, request_id: str = "") -> dict[str, 
     }
 
 
-async def score_item(item: EvalItem, turn: Turn, judge: Judge | None) -> dict[str, Any]:
+async def score_item(item: EvalItem, turn: EvalTurn, judge: Judge | None) -> dict[str, Any]:
     """Every scorer that applies; the judge only for an answered turn that the
     deterministic scorers did not settle (a number, a match)."""
     names = scorers.scorers_for(item, judge=judge is not None)
@@ -262,7 +262,7 @@ class Runner:
             timeout_s=c.timeout_s,
         )
 
-    async def _turn(self, client: GatewayClient, item: EvalItem) -> Turn:
+    async def _turn(self, client: GatewayClient, item: EvalItem) -> EvalTurn:
         settings = self._settings(item)
         request = settings.request(item.question, _ident("eval", self._tag, item.id))
         if self.config.model:

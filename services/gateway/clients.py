@@ -26,6 +26,7 @@ from services.client.memory import message
 from services.common.channel import create_channel
 from services.common.errors import NotFound
 from services.common.settings import ChannelSettings
+from services.common.vocab import BACKEND, DETECTOR, FINISH_REASON, category_code
 from services.gateway.upstream import (
     GenDelta,
     GenDone,
@@ -38,19 +39,6 @@ from services.gateway.upstream import (
     Recalled,
     StoredTurn,
 )
-
-_DETECTORS = {
-    guardrail_pb2.DETECTOR_LLAMA_GUARD: "llama_guard",
-    guardrail_pb2.DETECTOR_SEMANTIC: "semantic",
-    guardrail_pb2.DETECTOR_PII: "pii",
-}
-_BACKENDS = {
-    generation_pb2.BACKEND_VLLM: "vllm",
-    generation_pb2.BACKEND_LLAMACPP: "llamacpp",
-    generation_pb2.BACKEND_OPENAI: "openai",
-    generation_pb2.BACKEND_SIM: "sim",
-}
-_FINISH = {generation_pb2.FINISH_REASON_STOP: "stop", generation_pb2.FINISH_REASON_LENGTH: "length"}
 
 
 class Transport(abc.ABC):
@@ -114,8 +102,8 @@ class TransportGuard(Guard):
         out: guardrail_pb2.ClassifyResponse = await self._t.unary("Classify", request, timeout_s)
         return GuardResult(
             unsafe=out.verdict == guardrail_pb2.VERDICT_UNSAFE,
-            codes=tuple(f"S{c}" for c in out.categories),
-            decided_by=_DETECTORS.get(out.decided_by, ""),
+            codes=tuple(category_code(c) for c in out.categories),
+            decided_by=DETECTOR.name(out.decided_by, default=""),
             policy=out.policy,
             fail_mode_applied=out.fail_mode_applied,
             stand_in=out.stand_in,
@@ -212,7 +200,7 @@ class TransportGenerator(Generator):
             priced = m.HasField("pricing")
             self._models[m.name] = ModelFacts(
                 name=m.name,
-                backend=_BACKENDS.get(m.backend, ""),
+                backend=BACKEND.name(m.backend, default=""),
                 context_window=m.context_window,
                 simulator=m.simulator,
                 usd_per_million_input=m.pricing.usd_per_million_input_tokens if priced else None,
@@ -259,11 +247,11 @@ def _gen_event(item: generation_pb2.GenerateResponse) -> GenDelta | GenDone:
         return GenDelta(item.delta.text, item.delta.token_count)
     d = item.done
     return GenDone(
-        finish_reason=_FINISH.get(d.finish_reason, ""),
+        finish_reason=FINISH_REASON.name(d.finish_reason, default=""),
         input_tokens=d.usage.input_tokens,
         output_tokens=d.usage.output_tokens,
         model=d.model,
-        backend=_BACKENDS.get(d.backend, ""),
+        backend=BACKEND.name(d.backend, default=""),
         cost_usd=d.cost_usd if d.HasField("cost_usd") else None,
         phases_ms=dict(d.timing.phases_ms),
     )

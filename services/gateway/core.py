@@ -50,7 +50,9 @@ MAX_COMMENT_CHARS = 4096
 
 
 @dataclass(frozen=True)
-class Turn:
+class ChatTurn:
+    """One Chat call: the user's message and the options it runs with."""
+
     request_id: str
     user_id: str
     session_id: str
@@ -140,7 +142,7 @@ class _Deadline:
 class _State:
     """One turn in progress."""
 
-    turn: Turn
+    turn: ChatTurn
     deadline: _Deadline
     policy: str
     started: float = field(default_factory=time.perf_counter)
@@ -248,7 +250,7 @@ class ChatCore:
 
     # ------------------------------------------------------------------ checks
 
-    def _validate(self, turn: Turn) -> None:
+    def _validate(self, turn: ChatTurn) -> None:
         require_id("user_id", turn.user_id)
         require_id("session_id", turn.session_id)
         require_text("message", turn.message, max_chars=self._s.max_message_chars)
@@ -290,7 +292,7 @@ class ChatCore:
     # ------------------------------------------------------------------ memory
 
     async def _read_memory(
-        self, turn: Turn, deadline: _Deadline
+        self, turn: ChatTurn, deadline: _Deadline
     ) -> tuple[list[tuple[str, str]], list[str], MemoryOut]:
         """History and recalled memories; on failure, none and a degraded report."""
         report = MemoryOut()
@@ -362,7 +364,7 @@ class ChatCore:
     # ------------------------------------------------------------------ the turn
 
     async def chat(
-        self, turn: Turn, deadline_s: float | None, *, arrived: float | None = None
+        self, turn: ChatTurn, deadline_s: float | None, *, arrived: float | None = None
     ) -> AsyncIterator[Event]:
         """The turn's events. `arrived` (time.perf_counter() when the call came in)
         is where latencies start; TTFT ends when the first delta has been handed on
@@ -388,7 +390,9 @@ class ChatCore:
             self._metrics.turns.add(1, {"atalaya.gateway.outcome": outcome})
             self._metrics.duration.record(time.perf_counter() - arrived)
 
-    async def _turn(self, turn: Turn, deadline: _Deadline, arrived: float) -> AsyncIterator[Event]:
+    async def _turn(
+        self, turn: ChatTurn, deadline: _Deadline, arrived: float
+    ) -> AsyncIterator[Event]:
         st = _State(turn, deadline, policy=turn.policy or self._s.input_policy, started=arrived)
         st.done.template = self._template
         span = trace.get_current_span()

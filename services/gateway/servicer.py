@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 from atalaya.common.v1 import common_pb2
@@ -14,52 +15,44 @@ from atalaya.guardrail.v1 import guardrail_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.validation import request_id_or_new
+from services.common.vocab import (
+    BACKEND,
+    COST_BASIS,
+    DETECTOR,
+    FINISH_REASON,
+    GUARD_STAGE,
+    MODERATION_MODE,
+    category_value,
+)
 from services.gateway.core import (
     BlockedOut,
     ChatCore,
+    ChatTurn,
     DeltaOut,
     DoneOut,
     Event,
-    Turn,
     VerdictOut,
 )
 from services.gateway.moderation import Mode
 
-_STAGE = {"input": pb.GUARD_STAGE_INPUT, "output": pb.GUARD_STAGE_OUTPUT}
-_MODE: dict[int, Mode] = {
-    pb.MODERATION_MODE_BUFFERED: "buffered",
-    pb.MODERATION_MODE_OPTIMISTIC: "optimistic",
-}
-_DETECTOR = {
-    "llama_guard": guardrail_pb2.DETECTOR_LLAMA_GUARD,
-    "semantic": guardrail_pb2.DETECTOR_SEMANTIC,
-    "pii": guardrail_pb2.DETECTOR_PII,
-}
-_BACKEND = {
-    "vllm": generation_pb2.BACKEND_VLLM,
-    "llamacpp": generation_pb2.BACKEND_LLAMACPP,
-    "openai": generation_pb2.BACKEND_OPENAI,
-    "sim": generation_pb2.BACKEND_SIM,
-}
-_FINISH = {"stop": generation_pb2.FINISH_REASON_STOP, "length": generation_pb2.FINISH_REASON_LENGTH}
-_COST = {"price_table": pb.COST_BASIS_PRICE_TABLE, "gpu_time": pb.COST_BASIS_GPU_TIME}
+
+def _mode(value: int) -> Mode | None:
+    try:
+        name = MODERATION_MODE.name(value)
+    except ValueError:
+        raise InvalidArgument(f"options.moderation_mode: unknown value {value}") from None
+    return cast(Mode, name) if name else None
 
 
-def _categories(codes: tuple[str, ...]) -> list[guardrail_pb2.HazardCategory.ValueType]:
-    return [guardrail_pb2.HazardCategory.ValueType(int(c[1:])) for c in codes]
-
-
-def to_turn(request: pb.ChatRequest) -> Turn:
+def to_turn(request: pb.ChatRequest) -> ChatTurn:
     o = request.options
-    if o.moderation_mode and o.moderation_mode not in _MODE:
-        raise InvalidArgument(f"options.moderation_mode: unknown value {o.moderation_mode}")
-    return Turn(
+    return ChatTurn(
         request_id=request_id_or_new(request.request_id),
         user_id=request.user_id,
         session_id=request.session_id,
         message=request.message,
         policy=o.policy,
-        mode=_MODE.get(o.moderation_mode),
+        mode=_mode(o.moderation_mode),
         remember=o.remember if o.HasField("remember") else True,
         use_memory=o.use_memory if o.HasField("use_memory") else True,
         max_tokens=o.max_tokens if o.HasField("max_tokens") else None,
@@ -76,12 +69,12 @@ def to_event(request_id: str, event: Event) -> pb.ChatEvent:
     elif isinstance(event, VerdictOut):
         out.verdict.CopyFrom(
             pb.GuardVerdict(
-                stage=_STAGE[event.stage],
+                stage=GUARD_STAGE.value(event.stage),
                 verdict=guardrail_pb2.VERDICT_UNSAFE
                 if event.unsafe
                 else guardrail_pb2.VERDICT_SAFE,
-                categories=_categories(event.codes),
-                decided_by=_DETECTOR.get(event.decided_by, guardrail_pb2.DETECTOR_UNSPECIFIED),
+                categories=[category_value(c) for c in event.codes],
+                decided_by=DETECTOR.value(event.decided_by, guardrail_pb2.DETECTOR_UNSPECIFIED),
                 policy=event.policy,
                 fail_mode_applied=event.fail_mode_applied,
                 stand_in=event.stand_in,
@@ -92,8 +85,8 @@ def to_event(request_id: str, event: Event) -> pb.ChatEvent:
     elif isinstance(event, BlockedOut):
         out.blocked.CopyFrom(
             pb.Blocked(
-                stage=_STAGE[event.stage],
-                categories=_categories(event.codes),
+                stage=GUARD_STAGE.value(event.stage),
+                categories=[category_value(c) for c in event.codes],
                 refusal_text=event.refusal_text,
                 policy=event.policy,
                 fail_mode_applied=event.fail_mode_applied,
@@ -112,7 +105,7 @@ def _done(d: DoneOut) -> pb.Done:
         guard_usage=common_pb2.Usage(
             input_tokens=d.guard_input_tokens, output_tokens=d.guard_output_tokens
         ),
-        cost_basis=_COST.get(d.cost_basis, pb.COST_BASIS_UNSPECIFIED),
+        cost_basis=COST_BASIS.value(d.cost_basis, pb.COST_BASIS_UNSPECIFIED),
         memory=pb.MemoryReport(
             used=m.used,
             history_turns=m.history_turns,
@@ -122,8 +115,10 @@ def _done(d: DoneOut) -> pb.Done:
             reason=m.reason,
         ),
         model=d.model,
-        backend=_BACKEND.get(d.backend, generation_pb2.BACKEND_UNSPECIFIED),
-        finish_reason=_FINISH.get(d.finish_reason, generation_pb2.FINISH_REASON_UNSPECIFIED),
+        backend=BACKEND.value(d.backend, generation_pb2.BACKEND_UNSPECIFIED),
+        finish_reason=FINISH_REASON.value(
+            d.finish_reason, generation_pb2.FINISH_REASON_UNSPECIFIED
+        ),
         blocked=d.blocked,
     )
     if d.cost_usd is not None:

@@ -13,6 +13,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from services.common import semconv
+from services.common.chat import ROLES
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.telemetry import meter
 from services.common.validation import require_count, require_range, require_text
@@ -25,8 +26,6 @@ from services.engines.base import (
     cost_usd,
 )
 from services.generation.config import GenerationSettings
-
-ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 @dataclass(frozen=True)

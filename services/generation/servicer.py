@@ -10,25 +10,9 @@ from atalaya.common.v1 import common_pb2
 from atalaya.generation.v1 import generation_pb2, generation_pb2_grpc
 
 from services.common.validation import request_id_or_new
-from services.engines.base import Delta, GenerationRequest, Message, ModelInfo, SamplingParams
+from services.common.vocab import BACKEND, FINISH_REASON, message_from_proto
+from services.engines.base import Delta, GenerationRequest, ModelInfo, SamplingParams
 from services.generation.core import Done, GenerationCore
-
-ROLE_NAMES = {
-    common_pb2.ROLE_SYSTEM: "system",
-    common_pb2.ROLE_USER: "user",
-    common_pb2.ROLE_ASSISTANT: "assistant",
-    common_pb2.ROLE_TOOL: "tool",
-}
-BACKENDS = {
-    "vllm": generation_pb2.BACKEND_VLLM,
-    "llamacpp": generation_pb2.BACKEND_LLAMACPP,
-    "openai": generation_pb2.BACKEND_OPENAI,
-    "sim": generation_pb2.BACKEND_SIM,
-}
-FINISH_REASONS = {
-    "stop": generation_pb2.FINISH_REASON_STOP,
-    "length": generation_pb2.FINISH_REASON_LENGTH,
-}
 
 
 def _opt(msg: generation_pb2.SamplingParams, name: str) -> object | None:
@@ -59,10 +43,7 @@ def request_from_proto(
     kind = request.WhichOneof("input")
     messages = None
     if kind == "chat":
-        messages = [
-            Message(role=ROLE_NAMES.get(m.role, ""), content=m.content)  # type: ignore[arg-type]
-            for m in request.chat.messages
-        ]
+        messages = [message_from_proto(m) for m in request.chat.messages]
     return GenerationRequest(
         request_id=request_id,
         messages=messages,
@@ -75,7 +56,7 @@ def request_from_proto(
 def model_info_to_proto(info: ModelInfo, *, ready: bool) -> generation_pb2.ModelInfo:
     out = generation_pb2.ModelInfo(
         name=info.name,
-        backend=BACKENDS[info.backend],
+        backend=BACKEND.value(info.backend),
         simulator=info.simulator,
         model_id=info.model_id,
         context_window=info.context_window,
@@ -100,7 +81,7 @@ def model_info_to_proto(info: ModelInfo, *, ready: bool) -> generation_pb2.Model
 def _done_to_proto(done: Done, info: ModelInfo, adapter: str) -> generation_pb2.Done:
     f = done.finish
     out = generation_pb2.Done(
-        finish_reason=FINISH_REASONS[f.reason],
+        finish_reason=FINISH_REASON.value(f.reason),
         stop_sequence=f.stop_sequence,
         usage=common_pb2.Usage(
             input_tokens=f.input_tokens,
@@ -109,7 +90,7 @@ def _done_to_proto(done: Done, info: ModelInfo, adapter: str) -> generation_pb2.
         ),
         model=info.name,
         adapter=adapter,
-        backend=BACKENDS[info.backend],
+        backend=BACKEND.value(info.backend),
     )
     out.timing.total_ms = done.total_s * 1000.0
     phases = out.timing.phases_ms

@@ -38,7 +38,7 @@ from services.guardrail.domain import (
 )
 from services.guardrail.pii import PiiFinding
 from services.guardrail.policy import ExecutionMode, FailMode, Override, Policy
-from services.guardrail.protocol import ALL_CODES, GuardRole, Turn, sorted_codes
+from services.guardrail.protocol import ALL_CODES, GuardRole, GuardTurn, sorted_codes
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class GuardrailCore:
     def _guard_input(self, call: ClassifyCall, policy: Policy) -> GuardInput:
         s = self._settings
         require_count("messages", call.messages, minimum=1, maximum=s.max_messages)
-        turns: list[Turn] = []
+        turns: list[GuardTurn] = []
         for i, (raw_role, content) in enumerate(call.messages):
             role = _guard_role(raw_role, f"messages[{i}].role")
             expected = "user" if i % 2 == 0 else "assistant"
@@ -178,7 +178,7 @@ class GuardrailCore:
             require_text(f"messages[{i}].content", content, max_chars=s.max_message_chars)
             if not content.strip():
                 raise InvalidArgument(f"messages[{i}].content is blank")
-            turns.append(Turn(role, content))
+            turns.append(GuardTurn(role, content))
         last_role = turns[-1].role
         role = _guard_role(call.role or policy.role or last_role, "role")
         if role != last_role:

@@ -8,7 +8,7 @@ import enum
 from dataclasses import dataclass, field
 
 from services.guardrail.pii import PiiFinding
-from services.guardrail.protocol import GuardRole, Turn
+from services.guardrail.protocol import GuardRole, GuardTurn
 
 
 class Verdict(enum.Enum):
@@ -34,7 +34,7 @@ class DetectorName(enum.StrEnum):
 class GuardInput:
     request_id: str
     #: The conversation, oldest first; the last turn is the one classified.
-    turns: tuple[Turn, ...]
+    turns: tuple[GuardTurn, ...]
     role: GuardRole
     #: Checked categories, as codes ("S1".."S14"), in taxonomy order.
     codes: tuple[str, ...]

@@ -65,7 +65,9 @@ def sorted_codes(codes: Iterable[str]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Turn:
+class GuardTurn:
+    """One message of the conversation a guard checks."""
+
     role: GuardRole
     content: str
 
@@ -74,7 +76,7 @@ def template_role(role: GuardRole) -> str:
     return "User" if role == "user" else "Agent"
 
 
-def render_body(turns: Sequence[Turn], role: GuardRole, codes: Iterable[str]) -> str:
+def render_body(turns: Sequence[GuardTurn], role: GuardRole, codes: Iterable[str]) -> str:
     """The text of the Llama Guard user turn (no special tokens): what a stand-in
     model receives as its user message, through its own chat template."""
     checked = set(codes)
@@ -94,7 +96,7 @@ def render_body(turns: Sequence[Turn], role: GuardRole, codes: Iterable[str]) ->
     )
 
 
-def render_prompt(turns: Sequence[Turn], role: GuardRole, codes: Iterable[str]) -> str:
+def render_prompt(turns: Sequence[GuardTurn], role: GuardRole, codes: Iterable[str]) -> str:
     """The whole prompt of the official template, special tokens included, ending
     with the assistant header: the raw prompt a Llama Guard 3 model completes."""
     return (
@@ -127,7 +129,7 @@ class TemplateRenderer:
         template = str(getattr(tokenizer, "chat_template", "") or "")
         return cls(tokenizer, takes_categories="excluded_category_keys" in template)
 
-    def render(self, turns: Sequence[Turn], role: GuardRole, codes: Iterable[str]) -> str:
+    def render(self, turns: Sequence[GuardTurn], role: GuardRole, codes: Iterable[str]) -> str:
         checked = set(codes)
         if checked != ALL_CODES and not self._takes_categories:
             return render_prompt(turns, role, checked)

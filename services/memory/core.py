@@ -11,6 +11,7 @@ from datetime import datetime
 import numpy as np
 
 from services.common import semconv
+from services.common.chat import ROLES, ChatMessage
 from services.common.embedder import Embedder, Vector
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.telemetry import tracer
@@ -28,12 +29,9 @@ from services.memory.domain import (
     ForgetCounts,
     History,
     MemoryStore,
-    Message,
     NewMemory,
     Recalled,
 )
-
-ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ class MemoryCore:
         user_id: str,
         session_id: str,
         request_id: str,
-        messages: Sequence[Message],
+        messages: Sequence[ChatMessage],
         metadata: dict[str, str],
     ) -> AppendResult:
         require_id("user_id", user_id)

@@ -8,21 +8,18 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services.common.chat import ChatMessage
 from services.common.embedder import Vector
 
 
 @dataclass(frozen=True)
-class Message:
-    role: str  # system | user | assistant | tool
-    content: str
-    name: str = ""
+class SessionTurn:
+    """One turn of a session as stored: its messages, in order, and their place
+    in the session."""
 
-
-@dataclass(frozen=True)
-class Turn:
     request_id: str
     index: int
-    messages: list[Message]
+    messages: list[ChatMessage]
     metadata: dict[str, str]
     created_at: datetime
 
@@ -35,7 +32,7 @@ class AppendResult:
 
 @dataclass(frozen=True)
 class History:
-    turns: list[Turn]  # oldest first
+    turns: list[SessionTurn]  # oldest first
     total_turns: int
 
 
@@ -72,7 +69,7 @@ class FeedbackRecord:
     score: float
     comment: str
     recorded_at: datetime
-    messages: list[Message]
+    messages: list[ChatMessage]
     metadata: dict[str, str]
 
 
@@ -86,7 +83,7 @@ class MemoryStore(abc.ABC):
         user_id: str,
         session_id: str,
         request_id: str,
-        messages: Sequence[Message],
+        messages: Sequence[ChatMessage],
         metadata: dict[str, str],
     ) -> AppendResult: ...
 

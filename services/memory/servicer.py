@@ -12,24 +12,9 @@ from atalaya.memory.v1 import memory_pb2, memory_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.validation import request_id_or_new
+from services.common.vocab import message_from_proto, message_to_proto
 from services.memory.core import MemoryCore
-from services.memory.domain import Message, NewMemory, Recalled, Turn
-
-ROLE_NAMES = {
-    common_pb2.ROLE_SYSTEM: "system",
-    common_pb2.ROLE_USER: "user",
-    common_pb2.ROLE_ASSISTANT: "assistant",
-    common_pb2.ROLE_TOOL: "tool",
-}
-ROLE_ENUMS = {name: value for value, name in ROLE_NAMES.items()}
-
-
-def _message(m: common_pb2.ChatMessage) -> Message:
-    return Message(role=ROLE_NAMES.get(m.role, ""), content=m.content, name=m.name)
-
-
-def _chat_message(m: Message) -> common_pb2.ChatMessage:
-    return common_pb2.ChatMessage(role=ROLE_ENUMS[m.role], content=m.content, name=m.name)
+from services.memory.domain import NewMemory, Recalled, SessionTurn
 
 
 def _timestamp(dt: datetime) -> Timestamp:
@@ -38,11 +23,11 @@ def _timestamp(dt: datetime) -> Timestamp:
     return ts
 
 
-def _turn(t: Turn) -> memory_pb2.Turn:
+def _turn(t: SessionTurn) -> memory_pb2.Turn:
     return memory_pb2.Turn(
         request_id=t.request_id,
         index=t.index,
-        messages=[_chat_message(m) for m in t.messages],
+        messages=[message_to_proto(m) for m in t.messages],
         metadata=t.metadata,
         created_at=_timestamp(t.created_at),
     )
@@ -75,7 +60,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             user_id=request.user_id,
             session_id=request.session_id,
             request_id=request.request_id,
-            messages=[_message(m) for m in request.messages],
+            messages=[message_from_proto(m) for m in request.messages],
             metadata=dict(request.metadata),
         )
         response = memory_pb2.AppendTurnResponse(
@@ -199,6 +184,6 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 score=r.score,
                 comment=r.comment,
                 recorded_at=_timestamp(r.recorded_at),
-                messages=[_chat_message(m) for m in r.messages],
+                messages=[message_to_proto(m) for m in r.messages],
                 metadata=r.metadata,
             )

@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from services.common import semconv
+from services.common.chat import ChatMessage
 from services.common.embedder import Vector
 from services.common.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from services.common.telemetry import meter
@@ -32,10 +33,9 @@ from services.memory.domain import (
     ForgetCounts,
     History,
     MemoryStore,
-    Message,
     NewMemory,
     Recalled,
-    Turn,
+    SessionTurn,
 )
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,12 @@ def db_errors() -> Iterator[None]:
         raise Unavailable("database unavailable") from exc
 
 
-def _messages_json(messages: Sequence[Message]) -> Jsonb:
+def _messages_json(messages: Sequence[ChatMessage]) -> Jsonb:
     return Jsonb([{"role": m.role, "content": m.content, "name": m.name} for m in messages])
 
 
-def _messages(raw: list[dict[str, str]]) -> list[Message]:
-    return [Message(m["role"], m["content"], m.get("name", "")) for m in raw]
+def _messages(raw: list[dict[str, str]]) -> list[ChatMessage]:
+    return [ChatMessage(m["role"], m["content"], m.get("name", "")) for m in raw]
 
 
 class PostgresStore(MemoryStore):
@@ -193,7 +193,7 @@ class PostgresStore(MemoryStore):
         user_id: str,
         session_id: str,
         request_id: str,
-        messages: Sequence[Message],
+        messages: Sequence[ChatMessage],
         metadata: dict[str, str],
     ) -> AppendResult:
         async with self._conn("append_turn") as conn, conn.transaction():
@@ -251,7 +251,7 @@ class PostgresStore(MemoryStore):
             )
             rows = await cur.fetchall()
         turns = [
-            Turn(
+            SessionTurn(
                 request_id=r["request_id"],
                 index=r["turn_index"],
                 messages=_messages(r["messages"]),

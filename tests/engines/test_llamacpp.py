@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from services.common.chat import ChatMessage
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
-from services.engines.base import Delta, Finish, GenerationRequest, Message, SamplingParams
+from services.engines.base import Delta, Finish, GenerationRequest, SamplingParams
 from services.engines.llamacpp import (
     LlamaCppConfig,
     LlamaCppEngine,
@@ -39,7 +40,7 @@ def chat(
 ) -> GenerationRequest:
     return GenerationRequest(
         request_id=request_id,
-        messages=[Message("user", text)],
+        messages=[ChatMessage("user", text)],
         sampling=SamplingParams(**sampling),  # type: ignore[arg-type]
         adapter=adapter,
     )
@@ -262,7 +263,7 @@ async def test_bad_requests(engine: LlamaCppEngine) -> None:
     with pytest.raises(InvalidArgument):
         await anext(
             engine.generate(
-                GenerationRequest(request_id="b", prompt="x", messages=[Message("user", "y")])
+                GenerationRequest(request_id="b", prompt="x", messages=[ChatMessage("user", "y")])
             )
         )
     with pytest.raises(InvalidArgument):

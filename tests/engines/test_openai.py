@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
+from services.common.chat import ChatMessage
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.engines.base import (
     Delta,
     Finish,
     GenerationRequest,
-    Message,
     SamplingParams,
     cost_usd,
 )
@@ -119,7 +119,7 @@ async def engine(server: str) -> AsyncIterator[OpenAIEngine]:
 def chat(text: str = STORY, request_id: str = "c1", **sampling: object) -> GenerationRequest:
     return GenerationRequest(
         request_id=request_id,
-        messages=[Message("user", text)],
+        messages=[ChatMessage("user", text)],
         sampling=SamplingParams(**sampling),  # type: ignore[arg-type]
     )
 
@@ -216,7 +216,7 @@ async def test_bad_requests(engine: OpenAIEngine) -> None:
         await anext(
             engine.generate(
                 GenerationRequest(
-                    request_id="a", messages=[Message("user", "x")], adapter="my-lora"
+                    request_id="a", messages=[ChatMessage("user", "x")], adapter="my-lora"
                 )
             )
         )

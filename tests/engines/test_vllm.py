@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
+from services.common.chat import ChatMessage
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.engines.base import (
     Delta,
     Event,
     Finish,
     GenerationRequest,
-    Message,
     SamplingParams,
 )
 from services.engines.vllm import (
@@ -150,7 +150,7 @@ async def test_chat_messages_use_the_chat_template() -> None:
     engine, double = await started()
     request = GenerationRequest(
         request_id="c1",
-        messages=[Message("system", "be brief"), Message("user", "hi there")],
+        messages=[ChatMessage("system", "be brief"), ChatMessage("user", "hi there")],
     )
 
     _, finish = await collect(engine.generate(request))
@@ -170,7 +170,7 @@ async def test_chat_messages_use_the_chat_template() -> None:
 
 async def test_a_role_the_template_cannot_render_is_invalid() -> None:
     engine, double = await started()
-    request = GenerationRequest(request_id="c2", messages=[Message("tool", "{}")])
+    request = GenerationRequest(request_id="c2", messages=[ChatMessage("tool", "{}")])
 
     with pytest.raises(InvalidArgument, match="chat template"):
         await collect(engine.generate(request))
@@ -472,7 +472,7 @@ async def test_real_vllm_generates_with_a_tiny_model() -> None:
         assert await engine.check_health()
         request = GenerationRequest(
             request_id="real-1",
-            messages=[Message("user", "Say hello.")],
+            messages=[ChatMessage("user", "Say hello.")],
             sampling=SamplingParams(temperature=0.0, max_tokens=8),
         )
         deltas, finish = await collect(engine.generate(request))

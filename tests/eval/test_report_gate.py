@@ -12,7 +12,7 @@ from typing import Any
 
 from services.eval import cli, gate, report
 from services.eval.dataset import EvalItem
-from services.eval.runner import Turn, error_record, score_record
+from services.eval.runner import EvalTurn, error_record, score_record
 from services.eval.scorers import Score
 
 META = {"kind": "meta", "format": "atalaya-eval-run/1", "fingerprint": {}, "dataset": "d.jsonl"}
@@ -29,7 +29,7 @@ def record(
     cost: float | None = None,
 ) -> dict[str, Any]:
     item = EvalItem(item_id, f"Question {item_id}?", "truth", tags, "en", expect=expect)
-    turn = Turn(answer=answer, blocked=blocked, latency_ms=100.0 * (1 + len(item_id)),
+    turn = EvalTurn(answer=answer, blocked=blocked, latency_ms=100.0 * (1 + len(item_id)),
                 ttft_ms=20.0, input_tokens=10, output_tokens=5, cost_usd=cost)  # fmt: skip
     scores = [
         Score("judge", score, "the judge's reason", None if score is not None else "judge_error")

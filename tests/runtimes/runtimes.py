@@ -25,6 +25,8 @@ from atalaya.common.v1 import common_pb2
 from atalaya.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from atalaya.guardrail.v1 import guardrail_pb2, guardrail_pb2_grpc
 
+from services.common.vocab import DETECTOR, VERDICT, category_code
+
 HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE", 500: "INTERNAL"}
 
 
@@ -54,14 +56,6 @@ class Runtime(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027
         pass
-
-
-_VERDICTS = {guardrail_pb2.VERDICT_SAFE: "safe", guardrail_pb2.VERDICT_UNSAFE: "unsafe"}
-_DETECTORS = {
-    guardrail_pb2.DETECTOR_PII: "pii",
-    guardrail_pb2.DETECTOR_SEMANTIC: "semantic",
-    guardrail_pb2.DETECTOR_LLAMA_GUARD: "llama_guard",
-}
 
 
 class GrpcRuntime(Runtime):
@@ -99,9 +93,9 @@ class GrpcRuntime(Runtime):
         except grpc.aio.AioRpcError as err:
             raise Failure(err.code().name, err.details() or "") from err
         return Verdict(
-            _VERDICTS[out.verdict],
-            tuple(f"S{c}" for c in out.categories),
-            _DETECTORS.get(out.decided_by, ""),
+            VERDICT.name(out.verdict),
+            tuple(category_code(c) for c in out.categories),
+            DETECTOR.name(out.decided_by, default=""),
         )
 
     async def close(self) -> None:

@@ -158,6 +158,12 @@ async def test_a_full_queue_is_resource_exhausted() -> None:
             ),
             "role is required",
         ),
+        (
+            pb.GenerateRequest(
+                chat=pb.Conversation(messages=[common_pb2.ChatMessage(role=99, content="hi")])  # type: ignore[arg-type]
+            ),
+            "role is required",
+        ),
         (chat("x", max_tokens=0), "max_tokens must be >= 1"),
         (chat("x", max_tokens=100_000), "above the context window"),
         (chat("x", temperature=3.0), "sampling.temperature must be in [0.0, 2.0]"),

@@ -169,6 +169,33 @@ async def test_agent_response_check(tmp_path: Path) -> None:
         (request("a", "b", role=USER), grpc.StatusCode.INVALID_ARGUMENT, "not the checked"),
         (request("a", categories=[0]), grpc.StatusCode.INVALID_ARGUMENT, "not a category"),
         (request("a", categories=[15]), grpc.StatusCode.INVALID_ARGUMENT, "not a category"),
+        (request("a", role=common_pb2.ROLE_SYSTEM), grpc.StatusCode.INVALID_ARGUMENT, "role must"),
+        (request("a", role=99), grpc.StatusCode.INVALID_ARGUMENT, "role must"),
+        (
+            pb.ClassifyRequest(messages=[common_pb2.ChatMessage(role=99, content="a")]),  # type: ignore[arg-type]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "messages[0].role must",
+        ),
+        (
+            request("a", policy_override=pb.PolicyOverride(detectors=[pb.DETECTOR_UNSPECIFIED])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown detector 0",
+        ),
+        (
+            request("a", policy_override=pb.PolicyOverride(detectors=[99])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown detector 99",
+        ),
+        (
+            request("a", policy_override=pb.PolicyOverride(execution_mode=99)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "execution_mode: unknown 99",
+        ),
+        (
+            request("a", policy_override=pb.PolicyOverride(fail_mode=99)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "fail_mode: unknown 99",
+        ),
         (request("a", policy="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
         (
             request(

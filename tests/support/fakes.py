@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from services.common.chat import ChatMessage
 from services.common.embedder import Embedder, Vector
 from services.embedding.backends.base import EmbeddingBackend, Encoded
 from services.memory.domain import (
@@ -20,10 +21,9 @@ from services.memory.domain import (
     ForgetCounts,
     History,
     MemoryStore,
-    Message,
     NewMemory,
     Recalled,
-    Turn,
+    SessionTurn,
 )
 
 DIM = 384
@@ -88,7 +88,7 @@ class InMemoryStore(MemoryStore):
     """The MemoryStore contract in dictionaries, for core tests."""
 
     def __init__(self) -> None:
-        self.turns: dict[tuple[str, str], list[Turn]] = {}
+        self.turns: dict[tuple[str, str], list[SessionTurn]] = {}
         self.memories: dict[str, list[tuple[str, str, NewMemory, Vector]]] = {}
         self.feedback: dict[tuple[str, str], tuple[str, float, str]] = {}
         self.up = True
@@ -98,14 +98,16 @@ class InMemoryStore(MemoryStore):
         user_id: str,
         session_id: str,
         request_id: str,
-        messages: Sequence[Message],
+        messages: Sequence[ChatMessage],
         metadata: dict[str, str],
     ) -> AppendResult:
         turns = self.turns.setdefault((user_id, session_id), [])
         for t in turns:
             if t.request_id == request_id:
                 return AppendResult(t.index, created=False)
-        turns.append(Turn(request_id, len(turns), list(messages), metadata, datetime.now(UTC)))
+        turns.append(
+            SessionTurn(request_id, len(turns), list(messages), metadata, datetime.now(UTC))
+        )
         return AppendResult(len(turns) - 1, created=True)
 
     async def history(self, user_id: str, session_id: str, last_n: int) -> History | None:

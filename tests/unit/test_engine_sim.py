@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from services.common.chat import ChatMessage
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.engines.base import (
     Delta,
     Event,
     Finish,
     GenerationRequest,
-    Message,
     SamplingParams,
 )
 from services.engines.sim import (
@@ -55,8 +55,8 @@ def req(
 
 
 def chat(*contents: str, request_id: str = "c1", **sampling: object) -> GenerationRequest:
-    messages = [Message("system", "be brief")]
-    messages += [Message("user", c) for c in contents]
+    messages = [ChatMessage("system", "be brief")]
+    messages += [ChatMessage("user", c) for c in contents]
     return GenerationRequest(
         request_id=request_id,
         messages=messages,

@@ -15,10 +15,10 @@ from services.gateway.config import GatewaySettings
 from services.gateway.core import (
     BlockedOut,
     ChatCore,
+    ChatTurn,
     DeltaOut,
     DoneOut,
     Event,
-    Turn,
     VerdictOut,
 )
 from services.gateway.templates import DEFAULT_TEMPLATE, PromptTemplate
@@ -163,13 +163,13 @@ def make(
     return core, guard, memory, gen
 
 
-def turn(message: str = "hello", **kw: object) -> Turn:
-    return Turn(
+def turn(message: str = "hello", **kw: object) -> ChatTurn:
+    return ChatTurn(
         request_id=kw.pop("request_id", "t1"), user_id="u", session_id="s", message=message, **kw
     )  # type: ignore[arg-type]
 
 
-async def run(core: ChatCore, t: Turn) -> list[Event]:
+async def run(core: ChatCore, t: ChatTurn) -> list[Event]:
     return [e async for e in core.chat(t, 30.0)]
 
 
@@ -329,15 +329,15 @@ async def test_cancelling_the_turn_aborts_generation() -> None:
 @pytest.mark.parametrize(
     ("t", "message"),
     [
-        (Turn("r", "", "s", "hi"), "user_id"),
-        (Turn("r", "u", "", "hi"), "session_id"),
-        (Turn("r", "u", "s", ""), "message"),
-        (Turn("r", "u", "s", "x" * 9000), "longer than"),
-        (Turn("r", "u", "s", "hi", max_tokens=0), "max_tokens"),
-        (Turn("r", "u", "s", "hi", temperature=3.0), "temperature"),
+        (ChatTurn("r", "", "s", "hi"), "user_id"),
+        (ChatTurn("r", "u", "", "hi"), "session_id"),
+        (ChatTurn("r", "u", "s", ""), "message"),
+        (ChatTurn("r", "u", "s", "x" * 9000), "longer than"),
+        (ChatTurn("r", "u", "s", "hi", max_tokens=0), "max_tokens"),
+        (ChatTurn("r", "u", "s", "hi", temperature=3.0), "temperature"),
     ],
 )
-async def test_bad_turns_are_invalid_argument(t: Turn, message: str) -> None:
+async def test_bad_turns_are_invalid_argument(t: ChatTurn, message: str) -> None:
     core, *_ = make()
     with pytest.raises(InvalidArgument, match=message):
         await run(core, t)

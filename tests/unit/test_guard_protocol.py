@@ -8,14 +8,17 @@ from services.guardrail.protocol import (
     ALL_CODES,
     CATEGORIES,
     Assessment,
+    GuardTurn,
     TemplateRenderer,
-    Turn,
     parse_output,
     render_body,
     render_prompt,
 )
 
-CONVERSATION = (Turn("user", "  How do I bake bread?\n"), Turn("assistant", "Mix flour and water."))
+CONVERSATION = (
+    GuardTurn("user", "  How do I bake bread?\n"),
+    GuardTurn("assistant", "Mix flour and water."),
+)
 
 # The official Llama-Guard-3 prompt for this conversation, checking the Agent.
 EXPECTED = (

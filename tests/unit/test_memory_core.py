@@ -8,13 +8,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from services.common.chat import ChatMessage
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.memory.config import MemorySettings
 from services.memory.core import MemoryCore
-from services.memory.domain import Message, NewMemory
+from services.memory.domain import NewMemory
 from tests.support.fakes import DIM, HashEmbedder, InMemoryStore, hashed_vector
 
-HELLO = [Message("user", "hello"), Message("assistant", "hi there")]
+HELLO = [ChatMessage("user", "hello"), ChatMessage("assistant", "hi there")]
 
 
 @pytest.fixture
@@ -65,11 +66,11 @@ async def append(core: MemoryCore, **overrides: Any) -> Any:
         ({"request_id": ""}, "request_id is required"),
         ({"user_id": "u" * 129}, "user_id is longer than 128 characters"),
         ({"messages": []}, "messages needs at least 1 item(s), got 0"),
-        ({"messages": [Message("user", "x")] * 17}, "messages allows at most 16 items, got 17"),
-        ({"messages": [Message("", "x")]}, "messages[0].role is required"),
-        ({"messages": [Message("user", "x"), Message("robot", "x")]}, "messages[1].role"),
+        ({"messages": [ChatMessage("user", "x")] * 17}, "messages allows at most 16 items, got 17"),
+        ({"messages": [ChatMessage("", "x")]}, "messages[0].role is required"),
+        ({"messages": [ChatMessage("user", "x"), ChatMessage("robot", "x")]}, "messages[1].role"),
         (
-            {"messages": [Message("user", "x" * 32769)]},
+            {"messages": [ChatMessage("user", "x" * 32769)]},
             "messages[0].content is longer than 32768 characters",
         ),
         ({"metadata": {"": "v"}}, "metadata keys must be 1 to 64 characters"),
@@ -85,14 +86,14 @@ async def test_append_turn_validation(
 
 
 async def test_append_turn_allows_an_empty_message_content(core: MemoryCore) -> None:
-    result = await append(core, messages=[Message("assistant", "")])
+    result = await append(core, messages=[ChatMessage("assistant", "")])
     assert result.created
 
 
 async def test_append_turn_is_idempotent_on_request_id(core: MemoryCore) -> None:
     first = await append(core, request_id="t1")
     second = await append(core, request_id="t2")
-    again = await append(core, request_id="t1", messages=[Message("user", "different")])
+    again = await append(core, request_id="t1", messages=[ChatMessage("user", "different")])
     assert (first.turn_index, first.created) == (0, True)
     assert (second.turn_index, second.created) == (1, True)
     assert (again.turn_index, again.created) == (0, False)

@@ -19,13 +19,13 @@ import logging
 from dataclasses import replace
 from typing import Literal
 
+from services.common.chat import ChatMessage
 from services.common.errors import InvalidArgument
 from services.engines.base import (
     Delta,
     Engine,
     Finish,
     GenerationRequest,
-    Message,
     SamplingParams,
 )
 from services.guardrail.domain import Detector, DetectorName, DetectorResult, GuardInput, Verdict
@@ -95,7 +95,7 @@ class LlamaGuardDetector(Detector):
         if self._format == "chat":
             body = render_body(turns, role, codes)
             return GenerationRequest(
-                guard_input.request_id, messages=[Message("user", body)], sampling=sampling
+                guard_input.request_id, messages=[ChatMessage("user", body)], sampling=sampling
             )
         if self._renderer is not None:
             prompt = self._renderer.render(turns, role, codes)
