@@ -4,8 +4,9 @@ a message naming the field and the limit."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sized
+from collections.abc import Mapping, Sequence, Sized
 
+from services.common.chat import ROLES, ChatMessage
 from services.common.errors import InvalidArgument
 
 MAX_ID_CHARS = 128
@@ -42,6 +43,18 @@ def require_text(field: str, text: str, *, max_chars: int, allow_empty: bool = F
     if len(text) > max_chars:
         raise InvalidArgument(f"{field} is longer than {max_chars} characters ({len(text)})")
     return text
+
+
+def require_messages(
+    field: str, messages: Sequence[ChatMessage], *, max_messages: int, max_chars: int
+) -> None:
+    """One message or more, each with a known role and content of at most `max_chars`
+    (empty content is allowed: a tool or assistant message may have none)."""
+    require_count(field, messages, minimum=1, maximum=max_messages)
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:
+            raise InvalidArgument(f"{field}[{i}].role is required")
+        require_text(f"{field}[{i}].content", m.content, max_chars=max_chars, allow_empty=True)
 
 
 def require_range(field: str, value: float, *, minimum: float, maximum: float) -> None:

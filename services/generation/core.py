@@ -13,10 +13,14 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from services.common import semconv
-from services.common.chat import ROLES
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.telemetry import meter
-from services.common.validation import require_count, require_range, require_text
+from services.common.validation import (
+    require_count,
+    require_messages,
+    require_range,
+    require_text,
+)
 from services.engines.base import (
     Delta,
     Engine,
@@ -93,18 +97,12 @@ class GenerationCore:
         if request.messages is not None:
             if not info.supports_chat:
                 raise InvalidArgument(f"model {info.name!r} takes prompts, not chat")
-            require_count(
-                "chat.messages", request.messages, minimum=1, maximum=self._s.max_messages
+            require_messages(
+                "chat.messages",
+                request.messages,
+                max_messages=self._s.max_messages,
+                max_chars=self._s.max_message_chars,
             )
-            for i, m in enumerate(request.messages):
-                if m.role not in ROLES:
-                    raise InvalidArgument(f"chat.messages[{i}].role is required")
-                require_text(
-                    f"chat.messages[{i}].content",
-                    m.content,
-                    max_chars=self._s.max_message_chars,
-                    allow_empty=True,
-                )
         if request.prompt is not None:
             if not info.supports_prompt:
                 raise InvalidArgument(f"model {info.name!r} takes chat, not prompts")

@@ -11,13 +11,14 @@ from datetime import datetime
 import numpy as np
 
 from services.common import semconv
-from services.common.chat import ROLES, ChatMessage
+from services.common.chat import ChatMessage
 from services.common.embedder import Embedder, Vector
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.telemetry import tracer
 from services.common.validation import (
     require_count,
     require_id,
+    require_messages,
     require_metadata,
     require_range,
     require_text,
@@ -68,16 +69,12 @@ class MemoryCore:
         require_id("user_id", user_id)
         require_id("session_id", session_id)
         require_id("request_id", request_id)
-        require_count("messages", messages, minimum=1, maximum=self._s.max_messages_per_turn)
-        for i, m in enumerate(messages):
-            if m.role not in ROLES:
-                raise InvalidArgument(f"messages[{i}].role is required")
-            require_text(
-                f"messages[{i}].content",
-                m.content,
-                max_chars=self._s.max_message_chars,
-                allow_empty=True,
-            )
+        require_messages(
+            "messages",
+            messages,
+            max_messages=self._s.max_messages_per_turn,
+            max_chars=self._s.max_message_chars,
+        )
         require_metadata("metadata", metadata)
         return await self._store.append_turn(user_id, session_id, request_id, messages, metadata)
 
