@@ -60,6 +60,7 @@ from loadtests.locust.metrics import RequestRecord, stream_metrics
 from loadtests.locust.prompts import Conversation, load_conversations
 from loadtests.locust.settings import LoadSettings, add_arguments
 from loadtests.locust.shapes import DEFAULT_RUN_TIME_S, ShapeParams, pacing_s, shape_at
+from services.common.logging import show_extras
 from services.common.telemetry import Telemetry, setup_telemetry
 
 # Before any channel exists: gRPC's polling must yield to gevent's hub.
@@ -134,6 +135,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
         settings.validate()
     except ValueError as exc:
         raise SystemExit(f"atalaya load test: {exc}") from None
+    show_extras(logging.getLogger().handlers)  # Locust's console: fields as key=value
     RUN.settings = settings
     RUN.conversations = load_conversations(settings.prompts)
     if RUN.telemetry is None:
@@ -223,7 +225,9 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
             run_id=RUN.run_id,
         ),
     )
-    log.info("report written to %s: %s", folder, report.one_line(summary))
+    log.info(
+        "report written", extra={"report_dir": str(folder), "summary": report.one_line(summary)}
+    )
 
 
 @events.quitting.add_listener
@@ -261,9 +265,9 @@ def _sample(environment: Environment) -> None:
         if cpu >= report.CPU_SATURATION_PERCENT and not warned:
             warned = True
             log.warning(
-                "the load generator's CPU is at %.0f%% of a core: latencies from now on "
-                "include its own queueing (fewer users per process, or --processes N)",
-                cpu,
+                "the load generator's CPU is saturated: latencies from now on include its "
+                "own queueing (fewer users per process, or --processes N)",
+                extra={"cpu_percent": round(cpu)},
             )
 
 
@@ -275,7 +279,7 @@ def _scrape_server_metrics(urls: str) -> dict[str, float]:
             with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
                 text = response.read().decode()
         except OSError as exc:
-            log.warning("could not scrape %s: %s", url, exc)
+            log.warning("could not scrape server metrics", extra={"url": url, "reason": str(exc)})
             continue
         for name, value in report.ttft_histogram_totals(text).items():
             out[name] = out.get(name, 0.0) + value
@@ -506,7 +510,7 @@ class AtalayaUser(User):
         RUN.requests_sent += 1
         limit = RUN.settings.max_requests
         if limit and RUN.requests_sent == limit:
-            log.info("max_requests (%d) reached: stopping", limit)
+            log.info("max_requests reached: stopping", extra={"max_requests": limit})
             runner = self.environment.runner
             if runner is not None:
                 gevent.spawn_later(0, runner.quit)

@@ -216,9 +216,11 @@ class LlamaCppEngine(Engine):
             try:
                 path = bundled_gguf_path()
             except FileNotFoundError as exc:
-                log.error("llamacpp: %s", exc)
+                log.error(
+                    "llamacpp: the bundled model is not installed", extra={"reason": str(exc)}
+                )
                 raise Unavailable("the model file is not installed") from None
-        log.info("llamacpp: loading %s as %s", path, self._info.name)
+        log.info("llamacpp: loading model", extra={"model": self._info.name, "model_path": path})
         llm = await asyncio.to_thread(self._load, path)
         self._formatter = _chat_formatter(llm)
         self._eog_ids = await asyncio.to_thread(_eog_token_ids, llm)
@@ -233,7 +235,7 @@ class LlamaCppEngine(Engine):
             supports_chat=self._formatter is not None,
         )
         self._llm = llm
-        log.info("llamacpp: model %s loaded (n_ctx %d)", self._info.name, llm.n_ctx())
+        log.info("llamacpp: model loaded", extra={"model": self._info.name, "n_ctx": llm.n_ctx()})
 
     def _load(self, path: str) -> Any:
         from llama_cpp import Llama
@@ -249,7 +251,9 @@ class LlamaCppEngine(Engine):
                 verbose=False,
             )
         except (ValueError, OSError, RuntimeError) as exc:
-            log.error("llamacpp: cannot load %s: %s", path, exc)
+            log.error(
+                "llamacpp: cannot load the model", extra={"model_path": path, "reason": str(exc)}
+            )
             raise Unavailable("the model could not be loaded") from None
 
     async def stop(self) -> None:
@@ -301,7 +305,9 @@ class LlamaCppEngine(Engine):
                 try:
                     text = formatter(messages=conversation).prompt
                 except Exception as exc:
-                    log.info("llamacpp: chat template failed: %s", type(exc).__name__)
+                    log.info(
+                        "llamacpp: chat template failed", extra={"error_type": type(exc).__name__}
+                    )
                     raise InvalidArgument(
                         "the model's chat template cannot render these messages"
                     ) from None

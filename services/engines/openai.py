@@ -214,7 +214,10 @@ class OpenAIEngine(Engine):
         if c.api_key_env:
             key = os.environ.get(c.api_key_env, "")
             if not key:
-                log.error("openai: environment variable %s (the API key) is not set", c.api_key_env)
+                log.error(
+                    "openai: the environment variable of the API key is not set",
+                    extra={"api_key_env": c.api_key_env},
+                )
                 raise Unavailable("the upstream API key is not configured")
             headers["Authorization"] = f"Bearer {key}"
         self._client = httpx.AsyncClient(
@@ -227,7 +230,10 @@ class OpenAIEngine(Engine):
             ),
             transport=self._transport,
         )
-        log.info("openai: model %s served by %s as %s", c.model, _host(c.base_url), c.name)
+        log.info(
+            "openai: model served upstream",
+            extra={"model": c.name, "model_id": c.model, "upstream": _host(c.base_url)},
+        )
 
     async def stop(self) -> None:
         self._slots.fail_all_waiting("engine stopped")
@@ -393,13 +399,14 @@ class OpenAIEngine(Engine):
         try:
             await self._stream(client, job, path, body)
         except httpx.TimeoutException:
-            log.warning("openai: upstream %s timed out", _host(self._config.base_url))
+            log.warning(
+                "openai: upstream timed out", extra={"upstream": _host(self._config.base_url)}
+            )
             put(("error", Unavailable("the upstream model timed out")))
         except httpx.HTTPError as exc:
             log.warning(
-                "openai: upstream %s unreachable: %s",
-                _host(self._config.base_url),
-                type(exc).__name__,
+                "openai: upstream unreachable",
+                extra={"upstream": _host(self._config.base_url), "error_type": type(exc).__name__},
             )
             put(("error", Unavailable("the upstream model is unreachable")))
         except ValueError:
@@ -431,7 +438,8 @@ class OpenAIEngine(Engine):
                                 raise ValueError("chunk is not an object")
                             if "error" in chunk:
                                 log.warning(
-                                    "openai: upstream error in stream: %s", _brief(chunk["error"])
+                                    "openai: upstream error in stream",
+                                    extra={"upstream_error": _brief(chunk["error"])},
                                 )
                                 outcome = (
                                     "error",
@@ -534,7 +542,10 @@ def _cached_tokens(usage: Mapping[str, Any] | None) -> int:
 
 def _http_error(response: httpx.Response) -> AtalayaError:
     status = response.status_code
-    log.warning("openai: upstream answered HTTP %d: %s", status, _brief(response.text))
+    log.warning(
+        "openai: upstream answered an HTTP error",
+        extra={"http_status": status, "body": _brief(response.text)},
+    )
     if status in (400, 413, 422):
         return InvalidArgument(
             "the upstream model rejected the request (for example, the prompt is "

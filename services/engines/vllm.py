@@ -319,7 +319,9 @@ def _finish(
 ) -> Finish:
     """The Finish for a request's final output (finish_reason "stop" or "length")."""
     if reason not in ("stop", "length"):
-        log.error("vllm: request ended with finish_reason=%r", reason)
+        log.error(
+            "vllm: request ended with an unknown finish reason", extra={"finish_reason": reason}
+        )
         raise Unavailable("the model engine failed")
     completion = out.outputs[0]
     stop_reason = completion.stop_reason
@@ -385,14 +387,17 @@ class VllmEngine(Engine):
             self._bindings = self._bindings_source
         else:
             self._bindings = self._bindings_source()
-        log.info("vllm: loading model %s as %s", self._config.model, self._config.name)
+        log.info(
+            "vllm: loading model",
+            extra={"model": self._config.name, "model_id": self._config.model},
+        )
         engine = await asyncio.to_thread(self._factory, self._config)
         self._tokenizer = await engine.get_tokenizer()
         self._tokenize_pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"vllm-tok-{self._config.name}"
         )
         self._engine = engine
-        log.info("vllm: model %s loaded", self._config.name)
+        log.info("vllm: model loaded", extra={"model": self._config.name})
 
     async def stop(self) -> None:
         engine, self._engine = self._engine, None
@@ -426,7 +431,9 @@ class VllmEngine(Engine):
         try:
             await engine.check_health()
         except Exception:
-            log.warning("vllm: health check of %s failed", self._config.name, exc_info=True)
+            log.warning(
+                "vllm: health check failed", extra={"model": self._config.name}, exc_info=True
+            )
             return False
         return True
 
@@ -452,7 +459,7 @@ class VllmEngine(Engine):
                     )
                 )
             except Exception as exc:
-                log.info("vllm: chat template failed: %s", type(exc).__name__)
+                log.info("vllm: chat template failed", extra={"error_type": type(exc).__name__})
                 raise InvalidArgument(
                     "the model's chat template cannot render these messages"
                 ) from None
@@ -522,7 +529,7 @@ class VllmEngine(Engine):
         try:
             sampling_params = bindings.sampling_params(**kwargs)
         except ValueError as exc:  # vLLM validates ranges in SamplingParams
-            log.info("vllm: sampling params rejected: %s", exc)
+            log.info("vllm: sampling params rejected", extra={"reason": str(exc)})
             raise InvalidArgument("sampling parameters out of range for this model") from None
         limit = self._config.max_num_seqs + self._config.max_queued_requests
         if len(self._queued) + len(self._running) >= limit:

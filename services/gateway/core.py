@@ -281,7 +281,7 @@ class ChatCore:
             if isinstance(exc, InvalidArgument | NotFound):
                 raise  # the caller's mistake (a bad policy name), not a guard failure
             reason = str(exc) if isinstance(exc, AtalayaError) else "guardrail timed out"
-            log.warning("guardrail failed (request %s): %s", request_id, reason)
+            log.warning("guardrail failed", extra={"request_id": request_id, "reason": reason})
             return GuardResult(
                 unsafe=self._s.fail_mode == "closed",
                 policy=policy,
@@ -330,7 +330,10 @@ class ChatCore:
             report.degraded = True
             report.reason = "; ".join(reasons)
             self._metrics.degraded.add(1, {"atalaya.gateway.memory_step": "read"})
-            log.warning("memory degraded (request %s): %s", turn.request_id, report.reason)
+            log.warning(
+                "memory degraded",
+                extra={"request_id": turn.request_id, "reason": report.reason},
+            )
         report.history_turns = len(history)
         report.memories_recalled = len(memories)
         report.used = bool(history or memories)
@@ -588,7 +591,7 @@ class ChatCore:
                 why = _reason(exc, "store")
                 done.memory.reason = "; ".join(r for r in (done.memory.reason, why) if r)
                 self._metrics.degraded.add(1, {"atalaya.gateway.memory_step": "store"})
-                log.warning("turn not stored (request %s): %s", turn.request_id, why)
+                log.warning("turn not stored", extra={"request_id": turn.request_id, "reason": why})
         done.phases_ms["store"] = (time.perf_counter() - t0) * 1000.0
 
     def _metadata(self, done: DoneOut, seed: int) -> Mapping[str, str]:

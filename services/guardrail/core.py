@@ -269,10 +269,12 @@ class GuardrailCore:
                 raise
             except Exception as exc:  # a detector failure goes to the fail mode
                 log.warning(
-                    "detector %s failed (request %s): %s",
-                    detector.name.value,
-                    guard_input.request_id,
-                    type(exc).__name__,
+                    "detector failed",
+                    extra={
+                        "detector": detector.name.value,
+                        "request_id": guard_input.request_id,
+                        "error_type": type(exc).__name__,
+                    },
                     exc_info=True,
                 )
                 result = self._error(detector, f"{type(exc).__name__}")
@@ -285,10 +287,12 @@ class GuardrailCore:
                 span.set_attribute(semconv.ATALAYA_GUARD_ERROR, result.error)
             if result.verdict is Verdict.UNPARSEABLE:
                 log.warning(
-                    "detector %s: %s (request %s)",
-                    detector.name.value,
-                    result.error,
-                    guard_input.request_id,
+                    "detector answer unparseable",
+                    extra={
+                        "detector": detector.name.value,
+                        "request_id": guard_input.request_id,
+                        "reason": result.error,
+                    },
                 )
         return result
 
@@ -346,11 +350,13 @@ class GuardrailCore:
                 Verdict.UNSAFE if policy.fail_mode is FailMode.CLOSED else Verdict.SAFE
             )
             log.warning(
-                "fail mode %s applied (request %s, policy %s): %s",
-                policy.fail_mode.value,
-                guard_input.request_id,
-                policy.name,
-                outcome.reason,
+                "fail mode applied",
+                extra={
+                    "fail_mode": policy.fail_mode.value,
+                    "request_id": guard_input.request_id,
+                    "policy": policy.name,
+                    "reason": outcome.reason,
+                },
             )
         return outcome
 

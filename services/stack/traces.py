@@ -41,6 +41,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2
 
 from services.common import topology
+from services.common.logging import configure_text_logging
 from services.stack.config import TRACES_FILE
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         try:
             self._store.add_request(request)
         except OSError as exc:  # disk full, directory removed: tell the exporter
-            log.error("cannot store spans: %s", exc)
+            log.error("cannot store spans", extra={"reason": str(exc)})
             context.abort(grpc.StatusCode.UNAVAILABLE, "trace store cannot write")
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -465,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-mb", type=float, default=DEFAULT_MAX_BYTES / 1024 / 1024, help="disk cap in MB"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_text_logging(logging.INFO)
     max_bytes = int(args.max_mb * 1024 * 1024)
     if max_bytes < 2:
         parser.error("--max-mb is too small")
@@ -483,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    log.info("receiving OTLP traces on %s, writing %s", server.endpoint, args.path)
+    log.info("receiving OTLP traces", extra={"endpoint": server.endpoint, "path": str(args.path)})
     print(f"OTEL_EXPORTER_OTLP_ENDPOINT={server.endpoint}", flush=True)
     server.wait()
     return 0

@@ -78,9 +78,9 @@ class LlamaGuardDetector(Detector):
         await self._engine.start()
         if self._stand_in:
             log.warning(
-                "llama_guard runs on %s, a stand-in and not a trained guard: its verdicts "
+                "llama_guard runs on a stand-in and not a trained guard: its verdicts "
                 "demonstrate the Llama Guard protocol, they do not moderate",
-                self.model,
+                extra={"model": self.model},
             )
 
     async def stop(self) -> None:

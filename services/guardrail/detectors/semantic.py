@@ -125,10 +125,12 @@ class SemanticDetector(Detector):
                 if attempt == START_ATTEMPTS:
                     raise
                 log.warning(
-                    "semantic: embedding exemplars failed (%s); retry %d of %d",
-                    type(exc).__name__,
-                    attempt,
-                    START_ATTEMPTS - 1,
+                    "semantic: embedding exemplars failed; retrying",
+                    extra={
+                        "error_type": type(exc).__name__,
+                        "retry": attempt,
+                        "retries": START_ATTEMPTS - 1,
+                    },
                 )
                 await asyncio.sleep(min(self._retry_backoff_s * attempt, 10.0))
         raise AssertionError("unreachable")
