@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,6 +22,7 @@ from services.engines.llamacpp import (
 )
 from services.engines.prompt import StopMatch, StopMatcher, Utf8Assembler
 from tests.support.engines import collect_events
+from tests.support.polling import async_wait_until
 
 N_CTX = 1024
 STORY = "Write a long story about a dragon who learns to bake bread."
@@ -50,15 +51,6 @@ async def collect(engine: LlamaCppEngine, request: GenerationRequest) -> tuple[s
     deltas, finish = await collect_events(engine, request)
     assert sum(d.token_count for d in deltas) <= finish.output_tokens
     return "".join(d.text for d in deltas), finish
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition never became true")
-        await asyncio.sleep(0.005)
 
 
 # --- helpers -----------------------------------------------------------------
@@ -317,11 +309,11 @@ async def test_cancelling_the_consumer_frees_the_slot(engine: LlamaCppEngine) ->
 
 async def test_queue_full_and_abort(engine: LlamaCppEngine) -> None:
     running = asyncio.create_task(collect(engine, chat(request_id="run", **LONG)))
-    await wait_until(lambda: engine.in_flight() == 1)
+    await async_wait_until(lambda: engine.in_flight() == 1, timeout_s=60)
     queued = asyncio.create_task(
         collect(engine, chat(request_id="wait", temperature=0.0, max_tokens=3))
     )
-    await wait_until(lambda: engine.queue_depth() == 1)
+    await async_wait_until(lambda: engine.queue_depth() == 1, timeout_s=60)
     # max_queued_requests=1: one more is refused.
     with pytest.raises(ResourceExhausted):
         await anext(engine.generate(chat(request_id="third")))
@@ -338,9 +330,9 @@ async def test_queue_full_and_abort(engine: LlamaCppEngine) -> None:
 
 async def test_abort_a_queued_request(engine: LlamaCppEngine) -> None:
     running = asyncio.create_task(collect(engine, chat(request_id="run2", **LONG)))
-    await wait_until(lambda: engine.in_flight() == 1)
+    await async_wait_until(lambda: engine.in_flight() == 1, timeout_s=60)
     queued = asyncio.create_task(collect(engine, chat(request_id="wait2", max_tokens=3)))
-    await wait_until(lambda: engine.queue_depth() == 1)
+    await async_wait_until(lambda: engine.queue_depth() == 1, timeout_s=60)
     await engine.abort("wait2")
     assert engine.queue_depth() == 0
     with pytest.raises(Unavailable, match="request aborted"):

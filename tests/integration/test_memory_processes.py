@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
 import grpc
 import pytest
+from atalaya.memory.v1 import memory_pb2
 
 from services.client import EmbeddingClient, MemoryClient
 from services.client.memory import message
 from tests.integration.conftest import MemoryFactory
+from tests.support.polling import async_wait_until
 from tests.support.postgres import TestPostgres
 from tests.support.processes import (
     NOT_SERVING,
@@ -66,14 +67,17 @@ async def test_acknowledged_writes_survive_kill_9(
     async with MemoryClient.connect(restarted.target) as client:
         # The new process is SERVING; a connection opened while the kernel is still
         # tearing down the killed one's can be reset once, so the first read retries.
-        for attempt in range(20):
+        async def history_read() -> memory_pb2.GetHistoryResponse | None:
             try:
-                history = await client.get_history(user_id="u", session_id="s")
-                break
+                return await client.get_history(user_id="u", session_id="s")
             except grpc.aio.AioRpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == 19:
+                if err.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
-                await asyncio.sleep(0.25)
+                return None
+
+        history = await async_wait_until(
+            history_read, interval_s=0.25, message="the restarted memory stayed unavailable"
+        )
         found = await client.recall(user_id="u", text="where do I live?", k=1)
     assert [m.content for m in history.turns[0].messages] == ["hola", "¡Hola!"]
     assert found.memories[0].memory_id == stored.memory_ids[0]

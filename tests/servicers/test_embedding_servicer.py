@@ -21,6 +21,7 @@ from services.embedding.backends.base import EmbeddingBackend, Encoded
 from services.embedding.config import EmbeddingSettings
 from services.embedding.server import SERVICE_NAME, EmbeddingService, build, default_backend
 from tests.support.fakes import DIM, HashEmbeddingBackend, hashed_vector
+from tests.support.polling import async_wait_until
 
 
 class GatedBackend(HashEmbeddingBackend):
@@ -193,15 +194,6 @@ async def test_backend_failure_is_internal_and_the_service_keeps_working() -> No
         assert (await client.embed(["fine"])).vectors.shape == (1, DIM)
 
 
-async def eventually(predicate: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition never became true")
-        await asyncio.sleep(0.005)
-
-
 async def test_queue_full_is_resource_exhausted() -> None:
     backend = GatedBackend()
     try:
@@ -210,7 +202,7 @@ async def test_queue_full_is_resource_exhausted() -> None:
             EmbeddingClient.connect(served.target, timeout_s=15) as client,
         ):
             held = asyncio.create_task(client.embed(["held"]))
-            await eventually(backend.in_flight.is_set)  # "held" left the queue
+            await async_wait_until(backend.in_flight.is_set)  # "held" left the queue
             # Two calls of two texts each: the first fills the queue, the second overflows.
             calls = [asyncio.create_task(client.embed(["a", "b"])) for _ in range(2)]
             done, _ = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)

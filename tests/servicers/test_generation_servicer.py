@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
@@ -16,6 +15,7 @@ from services.common.server import ServerRunner
 from services.engines.sim import LatencyDistribution, SimConfig, SimEngine
 from services.generation.config import GenerationSettings
 from services.generation.server import build
+from tests.support.polling import async_wait_until
 
 Stub = generation_pb2_grpc.GenerationServiceStub
 
@@ -87,12 +87,6 @@ async def test_coalescing_merges_deltas_but_never_holds_the_first() -> None:
     assert sum(m.delta.token_count for m in merged) == 40
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - polls the engine's own counters
-            await asyncio.sleep(0.01)
-
-
 async def test_client_cancel_aborts_the_engine_request_and_frees_its_slot() -> None:
     config = SimConfig(
         max_concurrent_sequences=1, inter_token_latency=LatencyDistribution(mean_ms=20.0)
@@ -103,7 +97,7 @@ async def test_client_cancel_aborts_the_engine_request_and_frees_its_slot() -> N
         assert first.WhichOneof("event") == "delta"
         assert engine.in_flight() == 1
         call.cancel()
-        await wait_until(lambda: engine.in_flight() == 0)
+        await async_wait_until(lambda: engine.in_flight() == 0)
         # The only slot is free again: a new request runs to the end.
         messages = await collect(stub, chat("short", max_tokens=3))
         assert messages[-1].done.usage.output_tokens == 3
@@ -118,7 +112,7 @@ async def test_deadline_ends_the_stream_and_frees_the_slot() -> None:
             async for _ in stub.Generate(chat("long", max_tokens=1000), timeout=0.3):
                 pass
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        await wait_until(lambda: engine.in_flight() == 0)
+        await async_wait_until(lambda: engine.in_flight() == 0)
 
 
 async def test_engine_failure_mid_stream_is_unavailable_after_the_text_so_far() -> None:

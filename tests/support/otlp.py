@@ -4,7 +4,6 @@ port, keeping spans in memory, with the list of spans received so far."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 from services.stack.traces import Span, TraceServer, TraceStore, serve_traces
@@ -17,14 +16,15 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
-        self._lock = threading.Lock()
+        self._received_more = threading.Condition()
         self._store = TraceStore(None)
         self._store.subscribe(self._received)
         self._server: TraceServer | None = None
 
     def _received(self, spans: Sequence[Span]) -> None:
-        with self._lock:
+        with self._received_more:
             self.spans.extend(spans)
+            self._received_more.notify_all()
 
     def start(self) -> OtlpReceiver:
         self._server = serve_traces(port=0, store=self._store)
@@ -47,11 +47,9 @@ class OtlpReceiver:
     def wait_for(
         self, predicate: Callable[[list[Span]], bool], timeout: float = 15.0
     ) -> list[Span]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                spans = list(self.spans)
-            if predicate(spans):
-                return spans
-            time.sleep(0.1)
-        raise TimeoutError(f"spans never matched; got {[(s.service, s.name) for s in spans]}")
+        """The spans received, once `predicate` holds for them (checked on each arrival)."""
+        with self._received_more:
+            if self._received_more.wait_for(lambda: predicate(list(self.spans)), timeout):
+                return list(self.spans)
+            got = [(s.service, s.name) for s in self.spans]
+        raise TimeoutError(f"spans never matched; got {got}")

@@ -11,6 +11,7 @@ import pytest
 
 from services.common.batching import MicroBatcher
 from services.common.errors import ResourceExhausted, Unavailable
+from tests.support.polling import async_wait_until
 
 BatcherFactory = Callable[..., MicroBatcher[str, str]]
 
@@ -47,16 +48,6 @@ class Compute:
     @property
     def computed(self) -> list[str]:
         return [item for batch in self.batches for item in batch]
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until `predicate()` holds; fail the test if it never does."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition never became true")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -153,9 +144,9 @@ async def test_more_than_max_queued_items_is_resource_exhausted(
     compute = Compute(gated=True)
     batcher = make_batcher(compute, max_batch=1, max_queued=3)
     first = asyncio.create_task(batcher.submit(["a"]))
-    await eventually(compute.in_flight.is_set)  # "a" was taken; the queue is empty
+    await async_wait_until(compute.in_flight.is_set)  # "a" was taken; the queue is empty
     waiting = asyncio.create_task(batcher.submit(["b1", "b2", "b3"]))
-    await eventually(lambda: batcher.queued_items == 3)
+    await async_wait_until(lambda: batcher.queued_items == 3)
 
     with pytest.raises(ResourceExhausted, match=r"limit 3"):
         await batcher.submit(["c"])
@@ -185,11 +176,11 @@ async def test_a_compute_error_fails_only_that_batch_and_the_worker_lives_on(
     compute = Compute(gated=True, fail_on="boom")
     batcher = make_batcher(compute, max_batch=2)
     gated = asyncio.create_task(batcher.submit(["gate"]))
-    await eventually(compute.in_flight.is_set)
+    await async_wait_until(compute.in_flight.is_set)
     failing = asyncio.create_task(batcher.submit(["boom", "x2"]))
-    await eventually(lambda: batcher.queued_items == 2)
+    await async_wait_until(lambda: batcher.queued_items == 2)
     bystander = asyncio.create_task(batcher.submit(["y1"]))
-    await eventually(lambda: batcher.queued_items == 3)
+    await async_wait_until(lambda: batcher.queued_items == 3)
 
     compute.release()
 
@@ -236,9 +227,9 @@ async def test_a_cancelled_callers_queued_items_are_not_computed(
     compute = Compute(gated=True)
     batcher = make_batcher(compute, max_batch=1)
     first = asyncio.create_task(batcher.submit(["a"]))
-    await eventually(compute.in_flight.is_set)
+    await async_wait_until(compute.in_flight.is_set)
     cancelled = asyncio.create_task(batcher.submit(["b1", "b2"]))
-    await eventually(lambda: batcher.queued_items == 2)
+    await async_wait_until(lambda: batcher.queued_items == 2)
 
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -257,7 +248,7 @@ async def test_a_cancelled_caller_spanning_batches_loses_only_its_untaken_items(
     compute = Compute(gated=True)
     batcher = make_batcher(compute, max_batch=2)
     spanning = asyncio.create_task(batcher.submit(["b1", "b2", "b3", "b4"]))
-    await eventually(compute.in_flight.is_set)  # b1, b2 are in the running batch
+    await async_wait_until(compute.in_flight.is_set)  # b1, b2 are in the running batch
     assert batcher.queued_items == 2
 
     spanning.cancel()
@@ -291,7 +282,7 @@ async def test_close_fails_waiting_callers_with_unavailable(
     batcher = make_batcher(compute, max_batch=100, max_wait_s=30.0)
     a = asyncio.create_task(batcher.submit(["a"]))
     b = asyncio.create_task(batcher.submit(["b1", "b2"]))
-    await eventually(lambda: batcher.queued_items == 3)
+    await async_wait_until(lambda: batcher.queued_items == 3)
 
     await batcher.close()
 
@@ -309,7 +300,7 @@ async def test_close_does_not_strand_callers_whose_batch_is_computing(
     compute = Compute(gated=True)
     batcher = make_batcher(compute)
     in_flight = asyncio.create_task(batcher.submit(["a"]))
-    await eventually(compute.in_flight.is_set)
+    await async_wait_until(compute.in_flight.is_set)
     # close() joins the compute thread; let the batch finish shortly after.
     timer = threading.Timer(0.2, compute.release)
     timer.start()

@@ -26,6 +26,7 @@ from services.engines.sim import (
     split_tokens,
 )
 from tests.support.engines import collect_events
+from tests.support.polling import async_wait_until
 
 
 @pytest.fixture
@@ -71,16 +72,6 @@ async def collect(engine: SimEngine, request: GenerationRequest) -> tuple[list[D
 
 def text_of(deltas: list[Delta]) -> str:
     return "".join(d.text for d in deltas)
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until `cond()` holds; fail the test if it never does."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition never became true")
-        await asyncio.sleep(0.001)
 
 
 # --- model info, lifecycle ---------------------------------------------------
@@ -410,7 +401,7 @@ async def test_queue_full_is_resource_exhausted(make_engine: Callable[..., SimEn
         asyncio.create_task(collect(engine, req(request_id=f"r{i}", max_tokens=1)))
         for i in range(3)
     ]
-    await wait_until(lambda: engine.in_flight() == 1 and engine.queue_depth() == 2)
+    await async_wait_until(lambda: engine.in_flight() == 1 and engine.queue_depth() == 2)
     with pytest.raises(ResourceExhausted):
         await collect(engine, req(request_id="one-too-many"))
     assert engine.queue_depth() == 2
@@ -465,7 +456,7 @@ async def test_cancel_while_queued_leaves_the_queue(
     await engine.start()
     running = asyncio.create_task(collect(engine, req(request_id="a")))
     queued = asyncio.create_task(collect(engine, req(request_id="b")))
-    await wait_until(lambda: engine.queue_depth() == 1)
+    await async_wait_until(lambda: engine.queue_depth() == 1)
     queued.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await queued
@@ -486,7 +477,7 @@ async def test_abort_running_and_queued(make_engine: Callable[..., SimEngine]) -
     running = asyncio.create_task(collect(engine, req(request_id="run", max_tokens=50)))
     queued = asyncio.create_task(collect(engine, req(request_id="wait", max_tokens=1)))
     queued2 = asyncio.create_task(collect(engine, req(request_id="next", max_tokens=1)))
-    await wait_until(lambda: engine.in_flight() == 1 and engine.queue_depth() == 2)
+    await async_wait_until(lambda: engine.in_flight() == 1 and engine.queue_depth() == 2)
 
     await engine.abort("wait")
     assert engine.queue_depth() == 1
@@ -535,7 +526,7 @@ async def test_stop_aborts_everything(make_engine: Callable[..., SimEngine]) -> 
     engine = make_engine(max_concurrent_sequences=1, ttft=LatencyDistribution(mean_ms=60_000))
     await engine.start()
     tasks = [asyncio.create_task(collect(engine, req(request_id=f"r{i}"))) for i in range(2)]
-    await wait_until(lambda: engine.in_flight() == 1 and engine.queue_depth() == 1)
+    await async_wait_until(lambda: engine.in_flight() == 1 and engine.queue_depth() == 1)
     await engine.stop()
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
     assert all(isinstance(r, Unavailable) for r in results)

@@ -4,8 +4,7 @@ errors -> a generic INTERNAL, health during start and readiness, reflection."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -16,6 +15,7 @@ from services.common import errors
 from services.common.interceptors import INTERNAL_MESSAGE, status_for
 from services.common.server import ServerRunner, Service
 from services.common.settings import ServiceSettings
+from tests.support.polling import async_wait_until
 
 SERVICE = "atalaya.probe.v1.ProbeService"
 RAISE = f"/{SERVICE}/Raise"
@@ -106,15 +106,6 @@ class ProbeService(Service):
 
 def probe_settings() -> ServiceSettings:
     return ServiceSettings(port=0, readiness_interval_s=0.05, grace_period_s=1.0)
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition never became true")
-        await asyncio.sleep(0.02)
 
 
 async def health(channel: grpc.aio.Channel, service: str = "") -> int:
@@ -218,7 +209,7 @@ async def test_health_is_not_serving_and_rpcs_are_refused_while_starting() -> No
         async def bound() -> bool:
             return runner.port != 0
 
-        await eventually(bound)
+        await async_wait_until(bound)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel:
             assert await health(channel) == NOT_SERVING
             assert await health(channel, SERVICE) == NOT_SERVING
@@ -250,7 +241,7 @@ async def test_health_follows_readiness(probe: tuple[ProbeService, grpc.aio.Chan
     async def not_serving() -> bool:
         return await health(channel) == NOT_SERVING
 
-    await eventually(not_serving)
+    await async_wait_until(not_serving)
     assert await health(channel, SERVICE) == NOT_SERVING
 
     service.is_ready = True
@@ -258,7 +249,7 @@ async def test_health_follows_readiness(probe: tuple[ProbeService, grpc.aio.Chan
     async def serving() -> bool:
         return await health(channel) == SERVING
 
-    await eventually(serving)
+    await async_wait_until(serving)
     assert await health(channel, SERVICE) == SERVING
 
 
@@ -272,13 +263,13 @@ async def test_a_failing_readiness_check_means_not_serving(
     async def not_serving() -> bool:
         return await health(channel) == NOT_SERVING
 
-    await eventually(not_serving)
+    await async_wait_until(not_serving)
     service.ready_error = None
 
     async def serving() -> bool:
         return await health(channel) == SERVING
 
-    await eventually(serving)
+    await async_wait_until(serving)
 
 
 async def test_health_for_an_unknown_service_is_not_found(
