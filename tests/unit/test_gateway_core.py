@@ -34,6 +34,7 @@ from services.gateway.upstream import (
     Recalled,
     StoredTurn,
 )
+from tests.support.polling import async_wait_until
 
 CARD = "4111 1111 1111 1111"
 
@@ -117,6 +118,7 @@ class FakeGenerator(Generator):
         self.delay_s = delay_s
         self.prompts: list[Messages] = []
         self.aborted = asyncio.Event()
+        self.hold: asyncio.Event | None = None  # when set, the stream waits for it
         self.finished = False
         self.down = False
 
@@ -140,6 +142,8 @@ class FakeGenerator(Generator):
     ) -> AsyncIterator[GenDelta | GenDone]:
         self.prompts.append(messages)
         words = self.reply.split(" ")
+        if self.hold is not None:
+            await self.hold.wait()
         try:
             for i, word in enumerate(words[:max_tokens]):
                 await asyncio.sleep(self.delay_s)
@@ -313,12 +317,15 @@ async def test_cancelling_the_turn_aborts_generation() -> None:
     gen = FakeGenerator(" ".join(["word"] * 200), delay_s=0.01)
     core, _, memory, _ = make(gen=gen)
 
+    streaming = asyncio.Event()
+
     async def consume() -> None:
-        async for _ in core.chat(turn(mode="optimistic"), 30.0):
-            pass
+        async for event in core.chat(turn(mode="optimistic"), 30.0):
+            if isinstance(event, DeltaOut):
+                streaming.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(streaming.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -353,11 +360,13 @@ async def test_unknown_model_is_not_found_and_too_long_prompt_is_invalid() -> No
 
 
 async def test_too_many_turns_is_resource_exhausted() -> None:
-    core, *_ = make(gen=FakeGenerator(delay_s=0.05), max_inflight_turns=1)
+    core, _, _, gen = make(max_inflight_turns=1)
+    hold = gen.hold = asyncio.Event()
     first = asyncio.create_task(run(core, turn()))
-    await asyncio.sleep(0.05)
+    await async_wait_until(lambda: gen.prompts)  # the first turn is generating
     with pytest.raises(ResourceExhausted):
         await run(core, turn(request_id="t2"))
+    hold.set()
     await first
 
 

@@ -13,6 +13,7 @@ from services.guardrail.core import ClassifyCall, GuardrailCore
 from services.guardrail.domain import Detector, DetectorName, DetectorResult, GuardInput, Verdict
 from services.guardrail.policy import ExecutionMode, FailMode, Override, resolve_policies
 from services.guardrail.protocol import ALL_CODES, PRIVACY
+from tests.support.polling import async_wait_until
 
 LG, SEM, PII = DetectorName.LLAMA_GUARD, DetectorName.SEMANTIC, DetectorName.PII
 
@@ -28,6 +29,7 @@ class Scripted(Detector):
         self._covers = covers
         self.calls = 0
         self.delay_s = 0.0
+        self.hold: asyncio.Event | None = None  # when set, classify waits for it
         self.seen: list[GuardInput] = []
         self.spans: list[tuple[float, float]] = []
 
@@ -38,6 +40,8 @@ class Scripted(Detector):
         self.calls += 1
         self.seen.append(guard_input)
         started = asyncio.get_running_loop().time()
+        if self.hold is not None:
+            await self.hold.wait()
         await asyncio.sleep(self.delay_s)
         self.spans.append((started, asyncio.get_running_loop().time()))
         return self._script(guard_input)
@@ -225,11 +229,12 @@ async def test_a_detector_check_rejects_the_input_before_any_detector_runs() -> 
 
 async def test_more_than_max_inflight_is_resource_exhausted() -> None:
     core, d = make_core(result(LG, Verdict.SAFE), result(SEM, Verdict.SAFE), max_inflight=2)
-    d[PII].delay_s = 0.3
+    hold = d[PII].hold = asyncio.Event()
     first = [asyncio.create_task(core.classify(ask())) for _ in range(2)]
-    await asyncio.sleep(0.05)
+    await async_wait_until(lambda: d[PII].calls == 2)  # both inside the guardrail
     with pytest.raises(ResourceExhausted):
         await core.classify(ask())
+    hold.set()
     assert all(o.verdict is Verdict.SAFE for o in await asyncio.gather(*first))
 
 
