@@ -1,15 +1,13 @@
-"""Request checks (services.common.validation) and typed settings from the environment."""
+"""Request checks (services.common.validation): each names the field and the limit."""
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 
-from services.common import topology
+from services.common.chat import ChatMessage
 from services.common.errors import InvalidArgument
-from services.common.settings import ServiceSettings, SettingsError, load_settings
 from services.common.validation import (
     MAX_ID_CHARS,
     MAX_METADATA_ENTRIES,
@@ -18,16 +16,11 @@ from services.common.validation import (
     request_id_or_new,
     require_count,
     require_id,
+    require_messages,
     require_metadata,
     require_range,
     require_text,
 )
-from services.embedding.config import DEFAULT_PORT as EMBEDDING_PORT
-from services.embedding.config import EmbeddingSettings
-from services.memory.config import DEFAULT_PORT as MEMORY_PORT
-from services.memory.config import MemorySettings
-
-# --- validation -----------------------------------------------------------------
 
 
 def test_require_id_accepts_a_normal_id_and_returns_it() -> None:
@@ -140,106 +133,16 @@ def test_require_metadata_long_value_names_the_key() -> None:
     )
 
 
-# --- settings -------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ATALAYA_* variable from the outer environment leaks into a test."""
-    for name in list(os.environ):
-        if name.startswith("ATALAYA_"):
-            monkeypatch.delenv(name)
-
-
-def test_defaults_without_environment() -> None:
-    embedding = load_settings(EmbeddingSettings)
-    memory = load_settings(MemorySettings)
-    assert embedding.port == EMBEDDING_PORT
-    assert memory.port == MEMORY_PORT
-    assert memory.embedding.target == topology.target("embedding")
-    assert memory.dsn is None
-
-
-def test_embedding_settings_use_their_own_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ATALAYA_EMBEDDING_PORT", "6001")
-    monkeypatch.setenv("ATALAYA_EMBEDDING_MAX_BATCH", "7")
-    monkeypatch.setenv("ATALAYA_MEMORY_PORT", "6002")
-    monkeypatch.setenv("ATALAYA_PORT", "6003")
-
-    embedding = load_settings(EmbeddingSettings)
-
-    assert embedding.port == 6001
-    assert embedding.max_batch == 7
-    assert load_settings(MemorySettings).port == 6002
-    assert load_settings(ServiceSettings).port == 6003
-
-
-def test_memory_settings_read_nested_channel_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ATALAYA_MEMORY_EMBEDDING__TARGET", "dns:///embedding:50054")
-    monkeypatch.setenv("ATALAYA_MEMORY_EMBEDDING__MAX_ATTEMPTS", "4")
-    monkeypatch.setenv("ATALAYA_MEMORY_DSN", "postgresql://u:pw@db/memory")
-
-    settings = load_settings(MemorySettings)
-
-    assert settings.embedding.target == "dns:///embedding:50054"
-    assert settings.embedding.max_attempts == 4
-    assert settings.dsn is not None
-    assert settings.dsn.get_secret_value() == "postgresql://u:pw@db/memory"
-    assert "pw" not in repr(settings)
-
-
-def test_one_nested_variable_keeps_the_other_nested_defaults(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("ATALAYA_MEMORY_EMBEDDING__TIMEOUT_S", "2")
-    settings = load_settings(MemorySettings)
-    assert settings.embedding.timeout_s == 2.0
-    assert settings.embedding.target == topology.target("embedding")
-
-
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("ATALAYA_EMBEDDING_PORT", "70000"),
-        ("ATALAYA_EMBEDDING_PORT", "not-a-port"),
-        ("ATALAYA_EMBEDDING_MAX_BATCH", "0"),
-        ("ATALAYA_EMBEDDING_LOG_LEVEL", "CHATTY"),
-        ("ATALAYA_EMBEDDING_READINESS_INTERVAL_S", "0"),
-    ],
-)
-def test_invalid_embedding_value_stops_with_the_variable_name(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
-) -> None:
-    monkeypatch.setenv(variable, value)
-    with pytest.raises(SettingsError) as info:
-        load_settings(EmbeddingSettings)
-    assert isinstance(info.value, SystemExit)
-    message = str(info.value.code)
-    assert message.startswith("invalid settings for EmbeddingSettings:")
-    assert f"{variable}:" in message
-
-
-def test_every_invalid_variable_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ATALAYA_MEMORY_PORT", "-1")
-    monkeypatch.setenv("ATALAYA_MEMORY_MAX_RECALL_K", "0")
-    with pytest.raises(SettingsError) as info:
-        load_settings(MemorySettings)
-    message = str(info.value.code)
-    assert "ATALAYA_MEMORY_PORT:" in message
-    assert "ATALAYA_MEMORY_MAX_RECALL_K:" in message
-
-
-def test_invalid_nested_value_names_the_nested_variable(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("ATALAYA_MEMORY_EMBEDDING__TARGET", "embedding:50054")
-    monkeypatch.setenv("ATALAYA_MEMORY_EMBEDDING__MAX_ATTEMPTS", "9")
-    with pytest.raises(SettingsError) as info:
-        load_settings(MemorySettings)
-    assert "ATALAYA_MEMORY_EMBEDDING__MAX_ATTEMPTS:" in str(info.value.code)
-
-
-def test_settings_are_frozen() -> None:
-    settings = EmbeddingSettings(port=0)
-    with pytest.raises(ValueError, match="frozen"):
-        settings.port = 1  # type: ignore[misc]
+def test_require_messages_names_the_message_at_fault() -> None:
+    ok = [ChatMessage("system", "be brief"), ChatMessage("user", "hi"), ChatMessage("tool", "")]
+    require_messages("chat.messages", ok, max_messages=3, max_chars=10)
+    with pytest.raises(InvalidArgument, match=r"^chat.messages\[1\].role is required$"):
+        require_messages(
+            "chat.messages", [ok[0], ChatMessage("", "x")], max_messages=3, max_chars=10
+        )
+    with pytest.raises(InvalidArgument, match=r"^messages\[0\].content is longer than 3"):
+        require_messages("messages", [ChatMessage("user", "four")], max_messages=3, max_chars=3)
+    with pytest.raises(InvalidArgument, match="at least 1"):
+        require_messages("messages", [], max_messages=3, max_chars=3)
+    with pytest.raises(InvalidArgument, match="at most 3"):
+        require_messages("messages", ok * 2, max_messages=3, max_chars=10)

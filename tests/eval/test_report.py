@@ -1,55 +1,17 @@
-"""Aggregates, CSV and HTML reports, comparing runs and the regression gate, on
-fixed records (no services)."""
+"""Aggregates, CSV and HTML reports and comparing runs, on fixed records (no services)."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
 from pathlib import Path
 from typing import Any
 
-from services.eval import cli, gate, report
+from services.eval import cli, report
 from services.eval.dataset import EvalItem
-from services.eval.runner import EvalTurn, error_record, score_record
-from services.eval.scorers import Score
-
-META = {"kind": "meta", "format": "atalaya-eval-run/1", "fingerprint": {}, "dataset": "d.jsonl"}
-
-
-def record(
-    item_id: str,
-    score: float | None,
-    *,
-    tags: tuple[str, ...] = ("general",),
-    expect: str | None = None,
-    blocked: bool = False,
-    answer: str = "an answer",
-    cost: float | None = None,
-) -> dict[str, Any]:
-    item = EvalItem(item_id, f"Question {item_id}?", "truth", tags, "en", expect=expect)
-    turn = EvalTurn(answer=answer, blocked=blocked, latency_ms=100.0 * (1 + len(item_id)),
-                ttft_ms=20.0, input_tokens=10, output_tokens=5, cost_usd=cost)  # fmt: skip
-    scores = [
-        Score("judge", score, "the judge's reason", None if score is not None else "judge_error")
-    ]
-    if expect == "blocked":
-        scores = [Score("must_be_blocked", 1.0 if blocked else 0.0, "guard")]
-    return score_record(item, turn, scores)
-
-
-def run_of(records: list[dict[str, Any]]) -> dict[str, Any]:
-    return report.summary(META, records)
-
-
-def baseline_records() -> list[dict[str, Any]]:
-    return [
-        record("a", 1.0, tags=("general", "en"), cost=0.001),
-        record("b", 0.5, tags=("ai", "en"), cost=0.002),
-        record("c", None, tags=("ai",)),
-        record("g", None, tags=("guard",), expect="blocked", blocked=True, answer="refused"),
-    ]
+from services.eval.runner import error_record
+from tests.eval.records import baseline_records, record, run_of
 
 
 def test_aggregate_by_tag_latency_cost_guard_and_judge() -> None:
@@ -94,33 +56,6 @@ def test_csv_and_html_reports(tmp_path: Path) -> None:
     assert report.load_run(tmp_path)["aggregate"] == run_of(records)["aggregate"]
 
 
-def test_the_gate_passes_within_the_threshold() -> None:
-    base = run_of(baseline_records())
-    now = copy.deepcopy(baseline_records())
-    now[1] = record("b", 0.45, tags=("ai", "en"))  # mean drops by 0.05 / 3
-    result = gate.check(run_of(now), base, max_drop=0.05)
-    assert result.passed and result.drop is not None and 0 < result.drop < 0.05
-    assert "gate: PASSED" in result.format()
-
-
-def test_the_gate_fails_on_a_planted_drop() -> None:
-    now = baseline_records()
-    now[0] = record("a", 0.6, tags=("general", "en"))
-    result = gate.check(run_of(now), run_of(baseline_records()), max_drop=0.05)
-    assert not result.passed and result.drop == round(0.4 / 3, 6)
-    assert "dropped by 0.1333" in result.format()
-
-
-def test_the_gate_fails_on_a_flipped_guard_case_even_when_the_score_rises() -> None:
-    now = baseline_records()
-    now[3] = record("g", None, tags=("guard",), expect="blocked", blocked=False, answer="Sure...")
-    now[1] = record("b", 1.0, tags=("ai", "en"))
-    result = gate.check(run_of(now), run_of(baseline_records()), max_drop=0.05)
-    assert not result.passed and result.guard_flips == ["g"]
-    missing = gate.check(run_of(baseline_records()[:3]), run_of(baseline_records()), 0.05)
-    assert not missing.passed and missing.missing_guard_cases == ["g"]
-
-
 def test_compare_shows_item_differences_and_the_aggregate_delta(tmp_path: Path) -> None:
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     b_records = baseline_records()
@@ -151,14 +86,3 @@ def test_atalaya_eval_is_a_command_of_the_atalaya_cli(tmp_path: Path, capsys: An
     assert "aggregate: A 0.833333, B 0.833333, delta +0" in capsys.readouterr().out
     assert main(["eval", "--dataset", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
-
-
-def test_the_gate_fails_when_an_item_loses_its_score() -> None:
-    # b is no longer scored (say the judge failed): the mean over the rest rises,
-    # but the gate does not let that hide anything
-    now = baseline_records()
-    now[1] = record("b", None, tags=("ai", "en"))
-    result = gate.check(run_of(now), run_of(baseline_records()), max_drop=0.05)
-    assert result.drop is not None and result.drop < 0
-    assert not result.passed and result.lost_scores == ["b"]
-    assert "have no score now: b" in result.format()
