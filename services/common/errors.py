@@ -22,7 +22,22 @@ class FailedPrecondition(AtalayaError):
 
 
 class ResourceExhausted(AtalayaError):
-    """A queue or quota is full; the client should back off and retry."""
+    """A queue or quota is full; the client should back off and retry (after
+    `retry_after_s` seconds, when the server knows)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(AtalayaError):
+    """The caller's credentials are missing or invalid. The message never says which
+    check failed: that would help an attacker."""
+
+
+class PermissionDenied(AtalayaError):
+    """The caller is known but may not do this (another user's data, a service the
+    allowlist does not let it call)."""
 
 
 class Unavailable(AtalayaError):
