@@ -32,6 +32,11 @@ DEFAULT_TENANT = "default"
 TENANT_KEY = "atalaya-tenant"
 USER_KEY = "atalaya-user"
 SCOPES_KEY = "atalaya-scopes"
+#: Where a caller puts its credential: `authorization: Bearer <credential>`, the
+#: credential being an OIDC/JWT token or an Atalaya API key (which starts with
+#: API_KEY_PREFIX, so one header serves both).
+AUTHORIZATION_KEY = "authorization"
+API_KEY_PREFIX = "atk_"
 #: How the identity was proven: "jwt", "api_key", "mtls" or "none" (auth off).
 METHODS = frozenset({"jwt", "api_key", "mtls", "none"})
 
