@@ -2,7 +2,13 @@
 records per-RPC metrics (duration by status, in-flight count).
 
 Unknown exceptions become INTERNAL with a generic message; their details go to the
-log, correlated by trace id, never to the client."""
+log, correlated by trace id, never to the client. RESOURCE_EXHAUSTED with a known
+retry delay carries it as a google.rpc.RetryInfo detail (the rich status in the
+`grpc-status-details-bin` trailer, read with grpc_status.rpc_status).
+
+With an authenticator (identity.Authenticator), every RPC of the service's own APIs
+is authenticated before its handler runs, and the handler runs as that identity
+(identity.current()); its errors map like any other."""
 
 from __future__ import annotations
 
@@ -13,8 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from services.common import errors, semconv
+from services.common import errors, identity, semconv
 from services.common.telemetry import meter
 
 log = logging.getLogger(__name__)
@@ -45,8 +54,14 @@ def status_for(exc: errors.AtalayaError) -> grpc.StatusCode:
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps every unary and server-streaming handler of the service's own APIs."""
 
-    def __init__(self, *, is_accepting: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        *,
+        is_accepting: Callable[[], bool] = lambda: True,
+        authenticator: identity.Authenticator | None = None,
+    ) -> None:
         self._is_accepting = is_accepting
+        self._authenticator = authenticator
         m = meter()
         self._duration = m.create_histogram(
             semconv.METRIC_RPC_SERVER_DURATION, unit="ms", description="RPC duration"
@@ -86,11 +101,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             code = grpc.StatusCode.OK
             try:
                 await self._check_accepting(context)
-                return await behavior(request, context)
+                with identity.acting_as(await self._identity(method, context)):
+                    return await behavior(request, context)
             except BaseException as exc:
                 code, message = self._classify(exc, context, method)
                 if message is not None:
-                    await context.abort(code, message)
+                    await _abort(context, code, message, exc)
                 raise
             finally:
                 self._end(method, started, code)
@@ -105,12 +121,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             code = grpc.StatusCode.OK
             try:
                 await self._check_accepting(context)
-                async for item in behavior(request, context):
-                    yield item
+                with identity.acting_as(await self._identity(method, context)):
+                    async for item in behavior(request, context):
+                        yield item
             except BaseException as exc:
                 code, message = self._classify(exc, context, method)
                 if message is not None:
-                    await context.abort(code, message)
+                    await _abort(context, code, message, exc)
                 raise
             finally:
                 self._end(method, started, code)
@@ -120,6 +137,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def _check_accepting(self, context: grpc.aio.ServicerContext) -> None:
         if not self._is_accepting():
             raise errors.Unavailable("service is starting")
+
+    async def _identity(self, method: str, context: grpc.aio.ServicerContext) -> identity.Identity:
+        if self._authenticator is None:
+            return identity.ANONYMOUS
+        return await self._authenticator.authenticate(
+            method, context.invocation_metadata() or (), context.auth_context()
+        )
 
     def _classify(
         self, exc: BaseException, context: grpc.aio.ServicerContext, method: str
@@ -149,3 +173,25 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             (time.perf_counter() - started) * 1000.0,
             {semconv.RPC_METHOD: method, semconv.RPC_GRPC_STATUS_CODE: code.value[0]},
         )
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, exc: BaseException
+) -> None:
+    """Abort with `code` and `message`; a retry delay that the error knows goes with
+    it as a RetryInfo detail."""
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    if code is not grpc.StatusCode.RESOURCE_EXHAUSTED or retry_after_s is None:
+        await context.abort(code, message)
+        return
+    status = rpc_status.to_status(retry_status(message, retry_after_s))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def retry_status(message: str, retry_after_s: float) -> status_pb2.Status:
+    """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail of `retry_after_s`."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(0, round(retry_after_s * 1e9)))
+    detail = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+    detail.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return detail

@@ -79,3 +79,15 @@ METRIC_GATEWAY_TTFT = "atalaya.gateway.time_to_first_token"  # s, as the client 
 METRIC_GATEWAY_TURN_DURATION = "atalaya.gateway.turn.duration"  # s
 METRIC_GATEWAY_MEMORY_DEGRADED = "atalaya.gateway.memory.degraded"
 METRIC_GATEWAY_FEEDBACK_SCORE = "atalaya.gateway.feedback.score"
+
+# --- identity, quotas -------------------------------------------------------
+# Tenants are a bounded, operator-made set and may label metrics; user ids never do.
+ATALAYA_TENANT = "atalaya.tenant"
+ATALAYA_AUTH_KIND = "atalaya.auth.credential_kind"  # jwt | api_key | none
+ATALAYA_AUTH_RESULT = "atalaya.auth.result"  # ok, or a reason code (expired, unknown_key...)
+ATALAYA_QUOTA_LIMIT = "atalaya.quota.limit"  # requests | tokens
+ATALAYA_QUOTA_SCOPE = "atalaya.quota.scope"  # tenant | user
+METRIC_EDGE_AUTH = "atalaya.edge.auth"  # authentication results at the edge
+METRIC_GATEWAY_TENANT_REQUESTS = "atalaya.gateway.tenant.requests"  # admitted, by tenant
+METRIC_GATEWAY_TENANT_TOKENS = "atalaya.gateway.tenant.tokens"  # by tenant, gen_ai.token.type
+METRIC_GATEWAY_RATE_LIMITED = "atalaya.gateway.rate_limited"  # by tenant, limit and scope

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.identity import Authenticator
 from services.common.interceptors import ServiceInterceptor
 from services.common.logging import configure_logging
 from services.common.settings import ServiceSettings, load_settings
@@ -74,7 +75,13 @@ class ServerRunner:
     """Owns one grpc.aio server around one Service. Use `serve()` for a process;
     tests use `running()` to get an in-process server on a free port."""
 
-    def __init__(self, service: Service, settings: ServiceSettings) -> None:
+    def __init__(
+        self,
+        service: Service,
+        settings: ServiceSettings,
+        *,
+        authenticator: Authenticator | None = None,
+    ) -> None:
         self.service = service
         self.settings = settings
         self.port = 0
@@ -83,7 +90,7 @@ class ServerRunner:
         self._server = grpc.aio.server(
             interceptors=[
                 *server_interceptors(),
-                ServiceInterceptor(is_accepting=lambda: self._started),
+                ServiceInterceptor(is_accepting=lambda: self._started, authenticator=authenticator),
             ],
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -161,8 +168,12 @@ class ServerRunner:
             await self.stop(grace=1.0)
 
 
-async def _serve(build: Callable[[], Service], settings: ServiceSettings) -> None:
-    runner = ServerRunner(build(), settings)
+async def _serve(
+    build: Callable[[], Service],
+    settings: ServiceSettings,
+    authenticator: Authenticator | None = None,
+) -> None:
+    runner = ServerRunner(build(), settings, authenticator=authenticator)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -180,14 +191,21 @@ async def _serve(build: Callable[[], Service], settings: ServiceSettings) -> Non
     await runner.stop()
 
 
-def run_service(name: str, settings_cls: type[S], build: Callable[[S], Service]) -> None:
+def run_service(
+    name: str,
+    settings_cls: type[S],
+    build: Callable[[S], Service],
+    authenticator: Callable[[S], Authenticator | None] | None = None,
+) -> None:
     """The whole life of a service process: read settings, set up logs and
-    telemetry, build the service, serve until SIGTERM/SIGINT, drain, flush."""
+    telemetry, build the service (and its authenticator, when it has one), serve
+    until SIGTERM/SIGINT, drain, flush."""
     settings = load_settings(settings_cls)
     configure_logging(name, settings.log_level)
     telemetry = setup_telemetry(name)
     try:
-        asyncio.run(_serve(lambda: build(settings), settings))
+        auth = authenticator(settings) if authenticator is not None else None
+        asyncio.run(_serve(lambda: build(settings), settings, auth))
     except Exception:
         log.critical("service failed", exc_info=True)
         raise SystemExit(1) from None

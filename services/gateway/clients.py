@@ -6,7 +6,9 @@ A transport sends one request message to one service's method and turns every
 failure into a domain error (services.common.errors), so the adapters below only
 build requests and read responses. Every call carries the time left of the turn's
 deadline; over gRPC the trace context travels with it (the channels' OpenTelemetry
-interceptors)."""
+interceptors), and so does the caller's identity (identity.current(), in the
+metadata keys of services.common.identity), so that memory, the guardrail and
+generation serve the same tenant and user as the gateway."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from google.protobuf.message import Message
 
 from services.client import domain_error
 from services.client.memory import message
+from services.common import identity
 from services.common.channel import create_channel
 from services.common.errors import NotFound
 from services.common.settings import ChannelSettings
@@ -67,12 +70,16 @@ class GrpcTransport(Transport):
 
     async def unary(self, method: str, request: Message, timeout_s: float) -> Any:
         try:
-            return await getattr(self._stub, method)(request, timeout=timeout_s)
+            return await getattr(self._stub, method)(
+                request, timeout=timeout_s, metadata=identity.current().metadata()
+            )
         except grpc.aio.AioRpcError as err:
             raise domain_error(err, self.upstream) from err
 
     async def stream(self, method: str, request: Message, timeout_s: float) -> AsyncGenerator[Any]:
-        call = getattr(self._stub, method)(request, timeout=timeout_s)
+        call = getattr(self._stub, method)(
+            request, timeout=timeout_s, metadata=identity.current().metadata()
+        )
         try:
             async for item in call:
                 yield item

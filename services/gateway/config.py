@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common import topology
+from services.common.edge_auth import EdgeAuthSettings
 from services.common.settings import ChannelSettings, ServiceSettings
 from services.gateway.templates import DEFAULT_TEMPLATE
 
@@ -25,6 +26,48 @@ class MemoryChannel(ChannelSettings):
 
 class GenerationChannel(ChannelSettings):
     target: str = Field(topology.target("generation"), description="The generation service.")
+
+
+class Limits(BaseModel):
+    """Token-bucket limits of one tenant or one user; 0 means no limit."""
+
+    model_config = {"frozen": True}
+
+    requests_per_s: float = Field(0.0, ge=0, description="Sustained requests per second.")
+    request_burst: float = Field(
+        0.0, ge=0, description="Requests allowed at once; 0: max(1, requests_per_s)."
+    )
+    tokens_per_min: float = Field(
+        0.0,
+        ge=0,
+        description="Generated and prompt tokens per minute, charged when a turn ends.",
+    )
+    token_burst: float = Field(0.0, ge=0, description="Bucket size; 0: tokens_per_min.")
+
+
+class TenantLimits(BaseModel):
+    """A tenant's own limits, replacing the defaults it names."""
+
+    model_config = {"frozen": True}
+
+    tenant: Limits | None = None
+    user: Limits | None = None
+
+
+class QuotaSettings(BaseModel):
+    """Rate limits and quotas per tenant and per user (ATALAYA_GATEWAY_QUOTAS__...;
+    `overrides` as JSON: {"acme": {"tenant": {"requests_per_s": 50}}})."""
+
+    model_config = {"frozen": True}
+
+    tenant: Limits = Field(default_factory=Limits, description="Each tenant's limits.")
+    user: Limits = Field(default_factory=Limits, description="Each user's limits.")
+    overrides: dict[str, TenantLimits] = Field(
+        default_factory=dict, description="Per-tenant limits, by tenant."
+    )
+    max_tracked_users: int = Field(
+        100_000, ge=1, description="Users' buckets kept; the least recently used go first."
+    )
 
 
 class GatewaySettings(ServiceSettings):
@@ -92,6 +135,11 @@ class GatewaySettings(ServiceSettings):
     gpu_concurrency: int = Field(
         8, ge=1, description="Sequences one GPU runs at once (for GPU-time cost)."
     )
+    auth: EdgeAuthSettings = Field(
+        default_factory=EdgeAuthSettings,
+        description="Who may call: off (the local default) or JWT / API key required.",
+    )
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
 
     @model_validator(mode="after")
     def _limits(self) -> GatewaySettings:

@@ -10,17 +10,18 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from opentelemetry import trace
 
-from services.common import semconv
+from services.common import identity, semconv
 from services.common.errors import (
     AtalayaError,
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
@@ -28,6 +29,8 @@ from services.common.telemetry import meter, tracer
 from services.common.validation import require_id, require_range, require_text
 from services.gateway.config import GatewaySettings
 from services.gateway.moderation import Mode, StreamModerator
+from services.gateway.quotas import Quotas
+from services.gateway.redaction import redacted, safe_text
 from services.gateway.templates import PromptTemplate
 from services.gateway.upstream import (
     GenDelta,
@@ -235,12 +238,15 @@ class ChatCore:
         generator: Generator,
         template: PromptTemplate,
         settings: GatewaySettings,
+        *,
+        quotas: Quotas | None = None,
     ) -> None:
         self._guard = guard
         self._memory = memory
         self._generator = generator
         self._template = template
         self._s = settings
+        self._quotas = Quotas(settings.quotas) if quotas is None else quotas
         self._inflight = 0
         self._metrics = _Metrics()
 
@@ -280,7 +286,11 @@ class ChatCore:
         except (AtalayaError, TimeoutError) as exc:
             if isinstance(exc, InvalidArgument | NotFound):
                 raise  # the caller's mistake (a bad policy name), not a guard failure
-            reason = str(exc) if isinstance(exc, AtalayaError) else "guardrail timed out"
+            reason = (
+                safe_text(str(exc), "guardrail failed")
+                if isinstance(exc, AtalayaError)
+                else "guardrail timed out"
+            )
             log.warning("guardrail failed", extra={"request_id": request_id, "reason": reason})
             return GuardResult(
                 unsafe=self._s.fail_mode == "closed",
@@ -371,9 +381,31 @@ class ChatCore:
     ) -> AsyncIterator[Event]:
         """The turn's events. `arrived` (time.perf_counter() when the call came in)
         is where latencies start; TTFT ends when the first delta has been handed on
-        (the consumer asked for the next event)."""
+        (the consumer asked for the next event).
+
+        The turn runs for the caller's identity (identity.current()): its tenant,
+        and its user unless the request names another that the caller may act for.
+        Error messages that would name a path, host or stack frame are replaced."""
         arrived = time.perf_counter() if arrived is None else arrived
+        try:
+            who = identity.current()
+            turn = replace(turn, user_id=acting_user(who, turn.user_id))
+            async with contextlib.aclosing(
+                self._chat(turn, who.tenant, deadline_s, arrived)
+            ) as events:
+                async for event in events:
+                    yield event
+        except AtalayaError as exc:
+            clean = redacted(exc)
+            if clean is exc:
+                raise
+            raise clean from None
+
+    async def _chat(
+        self, turn: ChatTurn, tenant: str, deadline_s: float | None, arrived: float
+    ) -> AsyncIterator[Event]:
         self._validate(turn)
+        self._quotas.admit(tenant, turn.user_id)
         if self._inflight >= self._s.max_inflight_turns:
             raise ResourceExhausted(
                 f"the gateway runs {self._s.max_inflight_turns} turns; retry with backoff"
@@ -381,15 +413,21 @@ class ChatCore:
         self._inflight += 1
         outcome = "error"
         deadline = _Deadline(deadline_s or self._s.max_turn_seconds)
+        input_tokens = output_tokens = 0
         try:
             async for event in self._turn(turn, deadline, arrived):
                 if isinstance(event, BlockedOut):
                     outcome = f"blocked_{event.stage}"
-                elif isinstance(event, DoneOut) and not event.blocked:
-                    outcome = "completed"
+                elif isinstance(event, DoneOut):
+                    input_tokens, output_tokens = event.input_tokens, event.output_tokens
+                    if not event.blocked:
+                        outcome = "completed"
+                elif isinstance(event, DeltaOut):
+                    output_tokens += event.token_count
                 yield event
         finally:
             self._inflight -= 1
+            self._quotas.charge(tenant, turn.user_id, input_tokens, output_tokens)
             self._metrics.turns.add(1, {"atalaya.gateway.outcome": outcome})
             self._metrics.duration.record(time.perf_counter() - arrived)
 
@@ -619,17 +657,44 @@ class ChatCore:
     async def feedback(
         self, user_id: str, turn_request_id: str, score: float | None, comment: str
     ) -> bool:
+        """Record feedback on a turn of the caller's user (or of a user the caller
+        may act for), as chat() does."""
+        try:
+            who = identity.current()
+            user_id = acting_user(who, user_id)
+            return await self._feedback(who.tenant, user_id, turn_request_id, score, comment)
+        except AtalayaError as exc:
+            clean = redacted(exc)
+            if clean is exc:
+                raise
+            raise clean from None
+
+    async def _feedback(
+        self, tenant: str, user_id: str, turn_request_id: str, score: float | None, comment: str
+    ) -> bool:
         require_id("user_id", user_id)
         require_id("turn_request_id", turn_request_id)
         if score is None:
             raise InvalidArgument("score is required, in [0, 1]")
         require_range("score", score, minimum=0.0, maximum=1.0)
         require_text("comment", comment, max_chars=MAX_COMMENT_CHARS, allow_empty=True)
+        self._quotas.admit(tenant, user_id)
         created = await self._memory.record_feedback(
             user_id, turn_request_id, score, comment, timeout_s=self._s.memory_timeout_s * 2
         )
         self._metrics.feedback.record(score)
         return created
+
+
+def acting_user(who: identity.Identity, requested: str) -> str:
+    """The user a call is for: the one the request names, when the caller may act
+    for it (it is that user, or holds the admin or on-behalf-of scope), else
+    PERMISSION_DENIED; the caller's own user when the request names none."""
+    if not requested:
+        return who.user
+    if not who.may_act_for(requested):
+        raise PermissionDenied("user_id names a user the caller may not act for")
+    return requested
 
 
 async def _maybe(call: Coroutine[Any, Any, T], run: bool, default: T) -> T:

@@ -1,4 +1,5 @@
-"""Wires the gateway: upstream clients -> core -> servicer -> runner."""
+"""Wires the gateway: upstream clients -> core -> servicer -> runner, and the
+authenticator of its callers (services.common.edge_auth; none with auth off)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from atalaya.generation.v1 import generation_pb2_grpc
 from atalaya.guardrail.v1 import guardrail_pb2_grpc
 from atalaya.memory.v1 import memory_pb2_grpc
 
+from services.common.edge_auth import EdgeAuthenticator, build_authenticator
 from services.common.service import CoreService
 from services.gateway.clients import (
     GrpcTransport,
@@ -62,3 +64,9 @@ def build(
     template = PromptTemplate.load(settings.template_path)
     core = ChatCore(guard, memory, generator, template, settings)
     return GatewayService(core, (guard, memory, generator))
+
+
+def authenticator(settings: GatewaySettings) -> EdgeAuthenticator | None:
+    """Who may call the gateway: None (everyone, as the anonymous identity) when
+    settings.auth.mode is off."""
+    return build_authenticator(settings.auth)
