@@ -1,6 +1,7 @@
 """atalaya (or python -m services.cli): chat, ask, status, trace, feedback,
-feedback-export, eval (run, compare, calibrate: services.eval.cli), plan (capacity
-and cost from a load test: loadtests.plan).
+feedback-export, keys (the gateway's API keys: services.cli.keys), eval (run,
+compare, calibrate: services.eval.cli), plan (capacity and cost from a load test:
+loadtests.plan).
 
 Exit codes: 0 success (answered, all SERVING, trace found), 1 a call failed or
 something was not found / not serving, 2 usage errors, 3 the turn was blocked."""
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.cli import export, gateway
+from services.cli import export, gateway, keys
 from services.cli.status import DEFAULT_HOST, SERVICES, SERVING, check_all, format_statuses
 from services.cli.status import service_targets as status_targets
 from services.client import gateway as client
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--memory-target", default=f"{DEFAULT_HOST}:{dict(SERVICES)['memory']}")
     export.add_argument("--timeout", type=_positive_float, default=30.0)
+    keys.add_parser(commands)
     commands.add_parser(
         "eval",
         add_help=False,
@@ -221,7 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 gateway.ask(_turn_settings(args), question, as_json=args.json, verbose=args.verbose)
             )
-        simple = {"status": run_status, "trace": run_trace, "feedback-export": run_export}
+        simple = {
+            "status": run_status,
+            "trace": run_trace,
+            "feedback-export": run_export,
+            "keys": keys.run,
+        }
         if args.command in simple:
             return simple[args.command](args)
         return asyncio.run(

@@ -145,7 +145,7 @@ class ApiKeyStore:
 
     # ------------------------------------------------------------------ reading
 
-    def keys(self) -> list[ApiKey]:
+    def records(self) -> list[ApiKey]:
         """Every record, oldest first (read from disk now)."""
         self._reload(force=True)
         return sorted(self._keys.values(), key=lambda k: (k.created, k.id))

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
@@ -403,7 +403,7 @@ class ChatCore:
 
     async def _chat(
         self, turn: ChatTurn, tenant: str, deadline_s: float | None, arrived: float
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event]:
         self._validate(turn)
         self._quotas.admit(tenant, turn.user_id)
         if self._inflight >= self._s.max_inflight_turns:
