@@ -148,7 +148,7 @@ class ApiKeyStore:
     def records(self) -> list[ApiKey]:
         """Every record, oldest first (read from disk now)."""
         self._reload(force=True)
-        return sorted(self._keys.values(), key=lambda k: (k.created, k.id))
+        return list(self._keys.values())  # the file keeps them in the order made
 
     def _reload(self, *, force: bool = False) -> None:
         now = self._clock()
