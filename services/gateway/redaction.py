@@ -24,6 +24,11 @@ _PATTERNS = (
     re.compile(r"(?:^|[\s'\"(\[=:,])(?:~|\.{1,2})?/[\w.@+-]+/[\w.@+-]*"),
     re.compile(r"(?:^|[\s'\"(\[=:,])~/"),
     re.compile(r"\b[A-Za-z]:\\\\?[\w.-]"),
+    # Relative paths to files of the kinds a deployment keeps (models, config, keys).
+    re.compile(
+        r"[\w.-]+/[\w./-]*\.(?:gguf|bin|safetensors|onnx|pt|py|toml|ya?ml|json|pem|key|crt|sock)\b",
+        re.IGNORECASE,
+    ),
     # URLs and gRPC targets (dns:///, ipv4:, unix:).
     re.compile(r"\b[a-z][a-z0-9+.-]*://", re.IGNORECASE),
     re.compile(r"\b(?:ipv4|ipv6|unix|unix-abstract|dns|xds):", re.IGNORECASE),

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 
-from services.common import errors
+from services.common import errors, identity
 from services.common.interceptors import INTERNAL_MESSAGE, status_for
 from services.common.server import ServerRunner, Service
 from services.common.settings import ServiceSettings
@@ -20,6 +22,8 @@ from tests.support.polling import async_wait_until
 SERVICE = "atalaya.probe.v1.ProbeService"
 RAISE = f"/{SERVICE}/Raise"
 STREAM = f"/{SERVICE}/Stream"
+WHOAMI = f"/{SERVICE}/Whoami"
+WHO_STREAM = f"/{SERVICE}/WhoStream"
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -42,6 +46,8 @@ DOMAIN_ERRORS: dict[str, tuple[type[errors.AtalayaError], grpc.StatusCode]] = {
 
 
 async def _fail_as(name: str, context: grpc.aio.ServicerContext) -> None:
+    if name == "Retry":
+        raise errors.ResourceExhausted("Retry: the limit is 7", retry_after_s=1.25)
     if name == "RuntimeError":
         raise RuntimeError("secret detail")
     if name == "Abort":
@@ -66,6 +72,21 @@ async def _stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIte
         await _fail_as(name, context)
 
 
+def _who() -> bytes:
+    who = identity.current()
+    return f"{who.tenant}/{who.user}/{who.method}".encode()
+
+
+async def _whoami(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return _who()
+
+
+async def _who_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    yield _who()
+    await asyncio.sleep(0)
+    yield _who()
+
+
 class ProbeService(Service):
     """A Service whose start, readiness and handlers the test controls."""
 
@@ -86,6 +107,8 @@ class ProbeService(Service):
                     {
                         "Raise": grpc.unary_unary_rpc_method_handler(_raise),
                         "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+                        "Whoami": grpc.unary_unary_rpc_method_handler(_whoami),
+                        "WhoStream": grpc.unary_stream_rpc_method_handler(_who_stream),
                     },
                 ),
             )
@@ -291,3 +314,81 @@ async def test_reflection_lists_the_service(probe: tuple[ProbeService, grpc.aio.
     assert SERVICE in names
     assert "grpc.health.v1.Health" in names
     assert "grpc.reflection.v1alpha.ServerReflection" in names
+
+
+def retry_delay_s(err: grpc.aio.AioRpcError) -> float | None:
+    """The RetryInfo delay of a failed call's rich status (None: no such detail)."""
+    status = rpc_status.from_call(err)
+    if status is None:
+        return None
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
+async def test_resource_exhausted_with_a_delay_carries_retry_info(
+    probe: tuple[ProbeService, grpc.aio.Channel],
+) -> None:
+    _, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(RAISE)(b"Retry", timeout=5)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.details() == "Retry: the limit is 7"
+    assert retry_delay_s(info.value) == 1.25
+    call = channel.unary_stream(STREAM)(b"Retry", timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in call:
+            pass
+    assert retry_delay_s(info.value) == 1.25
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(RAISE)(b"ResourceExhausted", timeout=5)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert rpc_status.from_call(info.value) is None  # no delay known, no detail
+
+
+class HeaderAuthenticator:
+    """Believes `x-user`; refuses calls without it."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def authenticate(
+        self, method: str, metadata: identity.Metadata, auth_context: identity.AuthContext
+    ) -> identity.Identity:
+        self.methods.append(method)
+        user = dict(metadata).get("x-user")
+        if not isinstance(user, str):
+            raise errors.Unauthenticated("authentication required")
+        return identity.Identity("acme", user, method="jwt")
+
+
+async def test_an_authenticator_runs_before_the_handler_which_runs_as_its_identity() -> None:
+    service, auth = ProbeService(), HeaderAuthenticator()
+    async with (
+        ServerRunner(service, probe_settings(), authenticator=auth).running() as runner,
+        grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel,
+    ):
+        who = await channel.unary_unary(WHOAMI)(b"", metadata=(("x-user", "ana"),), timeout=5)
+        assert who == b"acme/ana/jwt"
+        stream = channel.unary_stream(WHO_STREAM)(b"", metadata=(("x-user", "bob"),), timeout=5)
+        assert [item async for item in stream] == [b"acme/bob/jwt"] * 2
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary(RAISE)(b"ok", timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.details() == "authentication required"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in channel.unary_stream(STREAM)(b"ok", timeout=5):
+                pytest.fail("a refused stream yielded an item")
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert await health(channel) == SERVING  # health needs no credentials
+        assert auth.methods == [WHOAMI, WHO_STREAM, RAISE, STREAM]
+
+
+async def test_without_an_authenticator_handlers_run_as_anonymous(
+    probe: tuple[ProbeService, grpc.aio.Channel],
+) -> None:
+    _, channel = probe
+    assert await channel.unary_unary(WHOAMI)(b"", timeout=5) == b"default//none"
