@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from services.gateway.config import GatewaySettings
+from services.common.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from services.common.identity import ADMIN_SCOPE, ON_BEHALF_SCOPE, Identity, acting_as
+from services.gateway.config import GatewaySettings, Limits, QuotaSettings
 from services.gateway.core import (
     BlockedOut,
     ChatCore,
@@ -21,6 +28,7 @@ from services.gateway.core import (
     Event,
     VerdictOut,
 )
+from services.gateway.quotas import Quotas
 from services.gateway.templates import DEFAULT_TEMPLATE, PromptTemplate
 from services.gateway.upstream import (
     GenDelta,
@@ -414,3 +422,68 @@ async def test_speculative_generation_is_aborted_when_the_input_is_unsafe() -> N
     assert kinds(events) == ["VerdictOut", "BlockedOut", "DoneOut"]
     assert gen.prompts and gen.aborted.is_set() and not gen.finished
     assert memory.turns == []
+
+
+ANA = Identity("acme", "ana", frozenset({"chat"}), "jwt")
+
+
+async def test_the_turn_is_the_callers_when_the_request_names_no_user() -> None:
+    core, _, memory, _ = make()
+    with acting_as(ANA):
+        await run(core, ChatTurn(request_id="t1", user_id="", session_id="s", message="hi"))
+        await run(core, ChatTurn(request_id="t2", user_id="ana", session_id="s", message="hi"))
+    assert [t.user_id for t in memory.turns] == ["ana", "ana"]
+
+
+async def test_naming_another_user_is_denied_before_anything_runs() -> None:
+    core, guard, memory, gen = make()
+    with acting_as(ANA), pytest.raises(PermissionDenied):
+        await run(core, ChatTurn(request_id="t1", user_id="bob", session_id="s", message="hi"))
+    assert guard.checked == [] and gen.prompts == [] and memory.turns == []
+    memory.turns.append(StoredTurn("t0", "bob", "s", "hi", "hello", {}))
+    with acting_as(ANA), pytest.raises(PermissionDenied):
+        await core.feedback("bob", "t0", 1.0, "")
+    assert memory.feedback == {}
+
+
+@pytest.mark.parametrize("scope", [ADMIN_SCOPE, ON_BEHALF_SCOPE])
+async def test_an_admin_or_on_behalf_caller_may_name_the_user(scope: str) -> None:
+    core, _, memory, _ = make()
+    service = Identity("acme", "", frozenset({scope}), "api_key")
+    with acting_as(service):
+        await run(core, ChatTurn(request_id="t1", user_id="bob", session_id="s", message="hi"))
+        assert await core.feedback("bob", "t1", 1.0, "") is True
+    assert [t.user_id for t in memory.turns] == ["bob"]
+    with acting_as(service), pytest.raises(InvalidArgument, match="user_id is required"):
+        await run(core, ChatTurn(request_id="t2", user_id="", session_id="s", message="hi"))
+
+
+async def test_quotas_refuse_before_any_upstream_call_and_charge_the_turns_tokens() -> None:
+    now = [0.0]
+    quotas = Quotas(
+        QuotaSettings(user=Limits(requests_per_s=10.0, tokens_per_min=60.0, token_burst=10.0)),
+        clock=lambda: now[0],
+    )
+    guard, memory, gen = FakeGuard(), FakeMemory(), FakeGenerator()
+    s = GatewaySettings(window_tokens=3, lookback_tokens=1)
+    core = ChatCore(guard, memory, gen, PromptTemplate.load(DEFAULT_TEMPLATE), s, quotas=quotas)
+    with acting_as(ANA):
+        await run(core, ChatTurn(request_id="t1", user_id="", session_id="s", message="hi"))
+        checked = len(guard.checked)
+        with pytest.raises(ResourceExhausted) as caught:
+            await run(core, ChatTurn(request_id="t2", user_id="", session_id="s", message="hi"))
+    # 10 prompt + 8 generated tokens overdraw a bucket of 10 that refills at 1 a
+    # second by 8: 9 s until it holds one token again
+    assert caught.value.retry_after_s == 9.0
+    assert len(guard.checked) == checked and len(memory.turns) == 1
+
+
+async def test_an_upstream_message_naming_a_path_is_withheld() -> None:
+    class LeakyGenerator(FakeGenerator):
+        async def model(self, name: str, *, timeout_s: float) -> ModelFacts:
+            raise NotFound("model 'x' is not served here (serving '/srv/models/llama.gguf')")
+
+    core, *_ = make(gen=LeakyGenerator())
+    with pytest.raises(NotFound) as caught:
+        await run(core, turn())
+    assert str(caught.value) == "not found"
