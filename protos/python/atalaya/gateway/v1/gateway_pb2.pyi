@@ -26,6 +26,16 @@ the Chat's deadline (calls without one get max_turn_seconds, default 300),
 and a client cancel cancels every call, aborting generation. Limits below are
 the defaults; operators change them with ATALAYA_GATEWAY_* settings and the
 server reports them in errors.
+
+Callers: with authentication on (ATALAYA_GATEWAY_AUTH__MODE=required) every
+call carries `authorization: Bearer <credential>`, an OIDC/JWT token or an
+Atalaya API key (`atk_...`). The turn's tenant and user come from it; a
+request's user_id may name another user only when the caller holds the
+atalaya:admin or atalaya:on-behalf-of scope. With authentication off (the
+local default) the caller names its user in user_id, as before. Rate limits
+and token quotas per tenant and per user (ATALAYA_GATEWAY_QUOTAS__*) refuse a
+call with RESOURCE_EXHAUSTED and a google.rpc.RetryInfo detail saying when
+to retry.
 """
 
 from atalaya.common.v1 import common_pb2 as _common_pb2
@@ -209,7 +219,10 @@ class ChatRequest(_message.Message):
     answered but not stored again.
     """
     user_id: _builtins.str
-    """Required: the user; all memory reads and writes are confined to this user."""
+    """The user; all memory reads and writes are confined to this user. With
+    authentication on, empty means the caller's own user, and another user
+    needs the admin or on-behalf-of scope. Required with authentication off.
+    """
     session_id: _builtins.str
     """Required: the conversation; a new id starts a new session."""
     message: _builtins.str
@@ -566,7 +579,7 @@ class FeedbackRequest(_message.Message):
     when empty. At most 128 characters.
     """
     user_id: _builtins.str
-    """Required: the user who owns the turn."""
+    """The user who owns the turn; as ChatRequest.user_id."""
     turn_request_id: _builtins.str
     """Required: the request_id of the Chat turn the feedback is about."""
     score: _builtins.float

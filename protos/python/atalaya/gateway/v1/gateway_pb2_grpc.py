@@ -64,6 +64,9 @@ class GatewayServiceServicer:
 
         Status codes:
         OK
+        UNAUTHENTICATED    authentication is on and the credential is missing or
+        invalid; nothing of the request ran or was stored.
+        PERMISSION_DENIED  user_id names a user the caller may not act for.
         INVALID_ARGUMENT   missing user_id, session_id or message; an id longer
         than 128 characters; a message longer than
         max_message_chars (default 8192); an option out of
@@ -71,7 +74,9 @@ class GatewayServiceServicer:
         window even without history and memories.
         NOT_FOUND          options.policy or options.model names a policy or a
         model that does not exist.
-        RESOURCE_EXHAUSTED the gateway already runs max_inflight_turns turns
+        RESOURCE_EXHAUSTED the tenant's or the user's rate limit or token quota
+        is used up (a RetryInfo detail says when to retry);
+        the gateway already runs max_inflight_turns turns
         (default 256), or generation's queue is full; retry
         with backoff or scale out.
         UNAVAILABLE        generation cannot be reached, is not ready, or failed
@@ -94,6 +99,11 @@ class GatewayServiceServicer:
 
         Status codes:
         OK
+        UNAUTHENTICATED    authentication is on and the credential is missing or
+        invalid; nothing was written.
+        PERMISSION_DENIED  user_id names a user the caller may not act for.
+        RESOURCE_EXHAUSTED the tenant's or the user's rate limit is used up (a
+        RetryInfo detail says when to retry).
         INVALID_ARGUMENT   missing user_id or turn_request_id; an id longer than
         128 characters; score unset or outside [0, 1]; a
         comment longer than 4096 characters.

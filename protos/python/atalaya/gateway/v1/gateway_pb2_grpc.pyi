@@ -26,6 +26,16 @@ the Chat's deadline (calls without one get max_turn_seconds, default 300),
 and a client cancel cancels every call, aborting generation. Limits below are
 the defaults; operators change them with ATALAYA_GATEWAY_* settings and the
 server reports them in errors.
+
+Callers: with authentication on (ATALAYA_GATEWAY_AUTH__MODE=required) every
+call carries `authorization: Bearer <credential>`, an OIDC/JWT token or an
+Atalaya API key (`atk_...`). The turn's tenant and user come from it; a
+request's user_id may name another user only when the caller holds the
+atalaya:admin or atalaya:on-behalf-of scope. With authentication off (the
+local default) the caller names its user in user_id, as before. Rate limits
+and token quotas per tenant and per user (ATALAYA_GATEWAY_QUOTAS__*) refuse a
+call with RESOURCE_EXHAUSTED and a google.rpc.RetryInfo detail saying when
+to retry.
 """
 
 from atalaya.gateway.v1 import gateway_pb2 as _gateway_pb2
@@ -71,6 +81,9 @@ class GatewayServiceStub:
 
     Status codes:
       OK
+      UNAUTHENTICATED    authentication is on and the credential is missing or
+                         invalid; nothing of the request ran or was stored.
+      PERMISSION_DENIED  user_id names a user the caller may not act for.
       INVALID_ARGUMENT   missing user_id, session_id or message; an id longer
                          than 128 characters; a message longer than
                          max_message_chars (default 8192); an option out of
@@ -78,7 +91,9 @@ class GatewayServiceStub:
                          window even without history and memories.
       NOT_FOUND          options.policy or options.model names a policy or a
                          model that does not exist.
-      RESOURCE_EXHAUSTED the gateway already runs max_inflight_turns turns
+      RESOURCE_EXHAUSTED the tenant's or the user's rate limit or token quota
+                         is used up (a RetryInfo detail says when to retry);
+                         the gateway already runs max_inflight_turns turns
                          (default 256), or generation's queue is full; retry
                          with backoff or scale out.
       UNAVAILABLE        generation cannot be reached, is not ready, or failed
@@ -97,6 +112,11 @@ class GatewayServiceStub:
 
     Status codes:
       OK
+      UNAUTHENTICATED    authentication is on and the credential is missing or
+                         invalid; nothing was written.
+      PERMISSION_DENIED  user_id names a user the caller may not act for.
+      RESOURCE_EXHAUSTED the tenant's or the user's rate limit is used up (a
+                         RetryInfo detail says when to retry).
       INVALID_ARGUMENT   missing user_id or turn_request_id; an id longer than
                          128 characters; score unset or outside [0, 1]; a
                          comment longer than 4096 characters.
@@ -127,6 +147,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 
     Status codes:
       OK
+      UNAUTHENTICATED    authentication is on and the credential is missing or
+                         invalid; nothing of the request ran or was stored.
+      PERMISSION_DENIED  user_id names a user the caller may not act for.
       INVALID_ARGUMENT   missing user_id, session_id or message; an id longer
                          than 128 characters; a message longer than
                          max_message_chars (default 8192); an option out of
@@ -134,7 +157,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
                          window even without history and memories.
       NOT_FOUND          options.policy or options.model names a policy or a
                          model that does not exist.
-      RESOURCE_EXHAUSTED the gateway already runs max_inflight_turns turns
+      RESOURCE_EXHAUSTED the tenant's or the user's rate limit or token quota
+                         is used up (a RetryInfo detail says when to retry);
+                         the gateway already runs max_inflight_turns turns
                          (default 256), or generation's queue is full; retry
                          with backoff or scale out.
       UNAVAILABLE        generation cannot be reached, is not ready, or failed
@@ -153,6 +178,11 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 
     Status codes:
       OK
+      UNAUTHENTICATED    authentication is on and the credential is missing or
+                         invalid; nothing was written.
+      PERMISSION_DENIED  user_id names a user the caller may not act for.
+      RESOURCE_EXHAUSTED the tenant's or the user's rate limit is used up (a
+                         RetryInfo detail says when to retry).
       INVALID_ARGUMENT   missing user_id or turn_request_id; an id longer than
                          128 characters; score unset or outside [0, 1]; a
                          comment longer than 4096 characters.
@@ -186,6 +216,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Status codes:
           OK
+          UNAUTHENTICATED    authentication is on and the credential is missing or
+                             invalid; nothing of the request ran or was stored.
+          PERMISSION_DENIED  user_id names a user the caller may not act for.
           INVALID_ARGUMENT   missing user_id, session_id or message; an id longer
                              than 128 characters; a message longer than
                              max_message_chars (default 8192); an option out of
@@ -193,7 +226,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
                              window even without history and memories.
           NOT_FOUND          options.policy or options.model names a policy or a
                              model that does not exist.
-          RESOURCE_EXHAUSTED the gateway already runs max_inflight_turns turns
+          RESOURCE_EXHAUSTED the tenant's or the user's rate limit or token quota
+                             is used up (a RetryInfo detail says when to retry);
+                             the gateway already runs max_inflight_turns turns
                              (default 256), or generation's queue is full; retry
                              with backoff or scale out.
           UNAVAILABLE        generation cannot be reached, is not ready, or failed
@@ -218,6 +253,11 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Status codes:
           OK
+          UNAUTHENTICATED    authentication is on and the credential is missing or
+                             invalid; nothing was written.
+          PERMISSION_DENIED  user_id names a user the caller may not act for.
+          RESOURCE_EXHAUSTED the tenant's or the user's rate limit is used up (a
+                             RetryInfo detail says when to retry).
           INVALID_ARGUMENT   missing user_id or turn_request_id; an id longer than
                              128 characters; score unset or outside [0, 1]; a
                              comment longer than 4096 characters.
