@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from opentelemetry import metrics
+
 from services.common import semconv
 from services.common.errors import ResourceExhausted
 from services.common.telemetry import meter
@@ -117,13 +119,17 @@ class Quotas:
     turn's tokens when it has ended."""
 
     def __init__(
-        self, settings: QuotaSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: QuotaSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        meter_: metrics.Meter | None = None,
     ) -> None:
         self._s = settings
         self._clock = clock
         self._tenants = _Lru(max(1024, len(settings.overrides)))
         self._users = _Lru(settings.max_tracked_users)
-        m = meter()
+        m = meter_ or meter()
         self._requests = m.create_counter(
             semconv.METRIC_GATEWAY_TENANT_REQUESTS, description="Calls admitted, by tenant."
         )

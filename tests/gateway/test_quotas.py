@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from services.common import semconv
 from services.common.errors import ResourceExhausted
 from services.gateway.config import Limits, QuotaSettings, TenantLimits
 from services.gateway.quotas import Quotas, TokenBucket
@@ -136,3 +139,42 @@ def test_users_buckets_are_bounded() -> None:
     q.admit("acme", "carla")
     assert q.tracked_users() == 2
     q.admit("acme", "ana")  # forgotten, so a full bucket again
+
+
+def test_usage_is_counted_per_tenant_and_never_per_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)  # the suite turns the SDK off
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    q = Quotas(QuotaSettings(user=Limits(requests_per_s=1.0)), clock=Clock(), meter_=meter)
+    q.admit("acme", "ana")
+    q.admit("acme", "bob")
+    refused(q, user="ana")
+    q.charge("acme", "ana", input_tokens=12, output_tokens=5)
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, list[tuple[dict[str, Any], int]]] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                found[metric.name] = [
+                    (dict(p.attributes or {}), p.value)  # type: ignore[union-attr]
+                    for p in metric.data.data_points
+                ]
+    tenant = {semconv.ATALAYA_TENANT: "acme"}
+    assert found[semconv.METRIC_GATEWAY_TENANT_REQUESTS] == [(tenant, 2)]
+    assert found[semconv.METRIC_GATEWAY_RATE_LIMITED] == [
+        (
+            {
+                **tenant,
+                semconv.ATALAYA_QUOTA_LIMIT: "requests",
+                semconv.ATALAYA_QUOTA_SCOPE: "user",
+            },
+            1,
+        )
+    ]
+    assert sorted(found[semconv.METRIC_GATEWAY_TENANT_TOKENS], key=lambda p: p[1]) == [
+        ({**tenant, semconv.GEN_AI_TOKEN_TYPE: "output"}, 5),
+        ({**tenant, semconv.GEN_AI_TOKEN_TYPE: "input"}, 12),
+    ]
+    every_value = {v for points in found.values() for attrs, _ in points for v in attrs.values()}
+    assert not every_value & {"ana", "bob"}
