@@ -227,6 +227,11 @@ class FileKeys(KeySource):
         return found
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class RemoteKeys(KeySource):
     """The issuer's JWKS over HTTP(S): `jwks_url`, or the `jwks_uri` of the issuer's
     discovery document. PyJWKClient caches the set and refetches it on an unknown
@@ -254,7 +259,8 @@ class RemoteKeys(KeySource):
     def _discover(self) -> str:
         """The issuer's jwks_uri (blocking: runs in a thread)."""
         url = self._s.issuer.rstrip("/") + WELL_KNOWN
-        with urllib.request.urlopen(url, timeout=self._s.http_timeout_s) as response:  # noqa: S310 - https or loopback, checked in settings
+        opener = urllib.request.build_opener(_NoRedirect())  # as PyJWKClient: no redirects
+        with opener.open(url, timeout=self._s.http_timeout_s) as response:
             doc = json.load(response)
         if not isinstance(doc, dict) or doc.get("issuer") != self._s.issuer:
             raise ValueError("the discovery document names another issuer")

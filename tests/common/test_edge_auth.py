@@ -86,6 +86,7 @@ class Issuer:
     """An OIDC issuer on 127.0.0.1: discovery document and JWKS, requests counted."""
 
     url: str = ""
+    advertised: str | None = None  # the issuer the discovery document names: url
     jwks: list[dict[str, Any]] = field(default_factory=list)
     hits: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -110,7 +111,10 @@ def issuer() -> Iterator[Issuer]:
         def do_GET(self) -> None:
             state.hits[self.path] += 1
             if self.path == "/.well-known/openid-configuration":
-                body = {"issuer": state.url, "jwks_uri": f"{state.url}/jwks.json"}
+                body = {
+                    "issuer": state.advertised or state.url,
+                    "jwks_uri": f"{state.url}/jwks.json",
+                }
             elif self.path == "/jwks.json":
                 with state.lock:
                     body = {"keys": list(state.jwks)}
@@ -359,6 +363,18 @@ async def test_an_unreachable_issuer_is_unavailable_not_unauthenticated(
     token = keys["ES256"].sign({"iss": s.issuer, "aud": AUDIENCE, "exp": time.time() + 60})
     with pytest.raises(errors.Unavailable):
         await auth.authenticate(METHOD, bearer(token), {})
+
+
+async def test_a_discovery_document_for_another_issuer_is_not_believed(
+    issuer: Issuer, keys: dict[str, SigningKey]
+) -> None:
+    issuer.publish(keys["ES256"])
+    issuer.advertised = "https://evil.example"
+    with pytest.raises(errors.Unavailable):
+        await authenticator(issuer).authenticate(
+            METHOD, bearer(keys["ES256"].sign(issuer.claims())), {}
+        )
+    assert issuer.hits["/jwks.json"] == 0
 
 
 async def test_a_jwks_file_is_reread_when_it_changes(
