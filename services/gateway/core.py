@@ -396,7 +396,7 @@ class ChatCore:
                 async for event in events:
                     yield event
         except AtalayaError as exc:
-            clean = redacted(exc)
+            clean = _client_safe(exc)
             if clean is exc:
                 raise
             raise clean from None
@@ -664,7 +664,7 @@ class ChatCore:
             user_id = acting_user(who, user_id)
             return await self._feedback(who.tenant, user_id, turn_request_id, score, comment)
         except AtalayaError as exc:
-            clean = redacted(exc)
+            clean = _client_safe(exc)
             if clean is exc:
                 raise
             raise clean from None
@@ -684,6 +684,15 @@ class ChatCore:
         )
         self._metrics.feedback.record(score)
         return created
+
+
+def _client_safe(exc: AtalayaError) -> AtalayaError:
+    """`exc`, or a copy with a generic message when its own would name a path, host
+    or stack frame (the original goes to the log)."""
+    clean = redacted(exc)
+    if clean is not exc:
+        log.warning("error message withheld from the client", extra={"reason": str(exc)})
+    return clean
 
 
 def acting_user(who: identity.Identity, requested: str) -> str:
