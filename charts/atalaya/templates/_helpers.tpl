@@ -207,6 +207,13 @@ here checksums a certificate into a pod annotation.
 {{- $given | default (printf "%s-tls" (include "atalaya.componentName" .)) -}}
 {{- end -}}
 
+{{/* Labels of a certificate Secret that cert-manager writes (and manages, not Helm).
+Context: dict root, component. */}}
+{{- define "atalaya.secretLabels" -}}
+{{ include "atalaya.selectorLabels" . }}
+app.kubernetes.io/part-of: atalaya
+{{- end -}}
+
 {{/* The name a client checks a service's certificate for: the FQDN of its headless Service
 (the host of its dns:/// target). Context: dict root, component. */}}
 {{- define "atalaya.serverName" -}}
