@@ -33,6 +33,79 @@ PROFILES: dict[str, tuple[Path, ...]] = {
     "dev": (CHART / "values-dev.yaml",),
     "gpu-kserve": (CHART / "values-gpu.yaml", KSERVE_VALUES),
 }
+#: Options over a profile, rendered, validated and scanned like the profiles:
+#: name -> (profile, values given on top as another `-f`).
+OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    # mTLS from Secrets you create (no cert-manager), the CA from a trust bundle ConfigMap.
+    "cpu-secrets": (
+        "cpu",
+        {"tls": {"provider": "secrets", "caBundle": {"configMap": "atalaya-trust"}}},
+    ),
+    # cert-manager with your own ClusterIssuer and RSA keys.
+    "cpu-issuer": (
+        "cpu",
+        {
+            "tls": {
+                "certManager": {
+                    "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"},
+                    "privateKey": {"algorithm": "RSA", "size": 3072},
+                }
+            }
+        },
+    ),
+    # The gateway exposed (Ingress and GRPCRoute), OIDC tokens and API keys required.
+    "gpu-exposed": (
+        "gpu",
+        {
+            "auth": {
+                "oidc": {
+                    "issuer": "https://id.example.com/realms/atalaya",
+                    "audience": "atalaya",
+                    "jwksUrl": "https://id.example.com/realms/atalaya/protocol/openid-connect/certs",
+                    "tenantClaim": "org",
+                    "egress": [
+                        {
+                            "to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}],
+                            "ports": [{"port": 443, "protocol": "TCP"}],
+                        }
+                    ],
+                },
+            },
+            "ingress": {
+                "enabled": True,
+                "hosts": ["atalaya.example.com"],
+                "tlsSecretName": "atalaya-public-tls",
+                "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+            },
+            "grpcRoute": {
+                "enabled": True,
+                "parentRefs": [
+                    {"name": "public", "namespace": "gateway-system", "sectionName": "grpcs"}
+                ],
+                "hostnames": ["grpc.atalaya.example.com"],
+                "backendCAConfigMap": "atalaya-trust",
+            },
+        },
+    ),
+    # The dev profile with TLS but no mTLS, and JWTs checked against a JWKS file.
+    "dev-auth": (
+        "dev",
+        {
+            "tls": {"enabled": True, "mutual": False, "provider": "secrets"},
+            "auth": {
+                "mode": "required",
+                "oidc": {
+                    "issuer": "https://id.example.com",
+                    "audience": "atalaya-dev",
+                    "jwksFile": {"existingConfigMap": "atalaya-jwks"},
+                },
+            },
+            "ingress": {"enabled": True, "hosts": ["atalaya.dev.test"], "tlsSecretName": "dev-tls"},
+        },
+    ),
+}
+#: Every rendering the tests check: the profiles, then the options.
+RENDERINGS: tuple[str, ...] = (*PROFILES, *OPTIONS)
 #: Custom resources and their vendored schemas (tests/charts/crds/).
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
@@ -44,6 +117,13 @@ CRD_SCHEMAS = {
         "serving.kserve.io_v1alpha1_servingruntime.json"
     ),
     ("ray.io/v1", "RayService"): "ray.io_v1_rayservice.json",
+    # Converted from the projects' published CRDs by tests/charts/crd_schema.py:
+    ("cert-manager.io/v1", "Certificate"): "cert-manager.io_v1_certificate.json",
+    ("cert-manager.io/v1", "Issuer"): "cert-manager.io_v1_issuer.json",
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): "gateway.networking.k8s.io_v1_grpcroute.json",
+    ("gateway.networking.k8s.io/v1", "BackendTLSPolicy"): (
+        "gateway.networking.k8s.io_v1_backendtlspolicy.json"
+    ),
 }
 
 Obj = dict[str, Any]
@@ -61,7 +141,11 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
 
 
 def profile_values(profile: str) -> dict[str, Any]:
-    """The user-supplied values of a profile (the files merged, not the chart defaults)."""
+    """The user-supplied values of a profile or an option (the files merged, then the
+    option's values; not the chart defaults)."""
+    if profile in OPTIONS:
+        base, extra = OPTIONS[profile]
+        return merge(profile_values(base), extra)
     values: dict[str, Any] = {}
     for path in PROFILES[profile]:
         values = merge(values, helm.values_from_yaml(path.read_text()))

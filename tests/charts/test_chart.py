@@ -14,7 +14,8 @@ import pytest
 from tests.charts.helm import (
     CHART,
     NAMESPACE,
-    PROFILES,
+    OPTIONS,
+    RENDERINGS,
     SERVICES,
     Obj,
     component,
@@ -30,7 +31,7 @@ from tests.charts.helm import (
     validation_errors,
 )
 
-PROFILE_NAMES = list(PROFILES)
+PROFILE_NAMES = list(RENDERINGS)
 WORKLOADS = {"Deployment", "StatefulSet", "Pod"}
 #: Services whose pods must ask for GPUs, per profile.
 GPU_SERVICES = {
@@ -40,6 +41,7 @@ GPU_SERVICES = {
     "gpu": {"generation", "guardrail"},
     "gpu-kserve": set(),
 }
+GPU_SERVICES |= {option: GPU_SERVICES[base] for option, (base, _) in OPTIONS.items()}
 
 
 def workloads(objects: tuple[Obj, ...]) -> list[Obj]:
@@ -190,11 +192,15 @@ def test_every_container_is_hardened_with_probes_and_limits(profile: str) -> Non
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
 def test_services_use_grpc_health_probes_with_room_for_model_loading(profile: str) -> None:
+    tls = effective_values(profile_values(profile))["tls"]
     for deployment in of_kind(rendered(profile), "Deployment"):
         if component(deployment) not in SERVICES:
             continue
         (c,) = containers(deployment)
-        port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+        # With TLS the kubelet (which cannot speak TLS) asks the plaintext health listener.
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        port = ports["health"] if tls["enabled"] else ports["grpc"]
+        assert ("health" in ports) == tls["enabled"]
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert c[probe]["grpc"] == {"port": port}  # empty service name: overall health
         startup = c["startupProbe"]
@@ -453,6 +459,9 @@ def test_secrets_only_by_reference(profile: str) -> None:
                     assert "secretKeyRef" in env.get("valueFrom", {}), name
     for config in of_kind(objects, "ConfigMap"):
         for key, value in config.get("data", {}).items():
+            if key.endswith("_FILE"):  # the path of a mounted file, never its content
+                assert value.startswith("/etc/atalaya/"), key
+                continue
             assert not secretish.search(key), key
             assert "password" not in str(value).lower(), key
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.charts.helm import CHART, PROFILES, ROOT, rendered
+from tests.charts.helm import CHART, RENDERINGS, ROOT, rendered
 
 CONFIG = CHART / ".checkov.yaml"
 
@@ -58,7 +58,7 @@ def skipped_with_reasons() -> dict[str, str]:
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     binary = checkov_binary()
     folder = tmp_path_factory.mktemp("rendered")
-    for profile in PROFILES:
+    for profile in RENDERINGS:
         (folder / f"{profile}.yaml").write_text(yaml.safe_dump_all(rendered(profile)))
     env = {
         **os.environ,

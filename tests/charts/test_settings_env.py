@@ -19,7 +19,7 @@ from services.gateway.config import GatewaySettings
 from services.generation.config import GenerationSettings
 from services.guardrail.config import GuardrailSettings
 from services.memory.config import MemorySettings
-from tests.charts.helm import PROFILES, Obj, component, pod_spec, rendered
+from tests.charts.helm import RENDERINGS, Obj, component, pod_spec, rendered
 
 SETTINGS: dict[str, type[ServiceSettings]] = {
     "gateway": GatewaySettings,
@@ -88,7 +88,7 @@ def service_env(objects: tuple[Obj, ...], deployment: Obj) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith("ATALAYA_")}
 
 
-@pytest.mark.parametrize("profile", list(PROFILES))
+@pytest.mark.parametrize("profile", RENDERINGS)
 def test_chart_settings_are_real_settings(profile: str, monkeypatch: pytest.MonkeyPatch) -> None:
     objects = rendered(profile)
     deployments = [o for o in objects if o["kind"] == "Deployment" and component(o) in SETTINGS]

@@ -192,3 +192,223 @@ grpc:
 {{- fail (printf "memory limit %q: use Mi or Gi" $q) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Transport security and authentication: names, files and settings, defined once.
+
+Each service's certificate is a Secret (tls.crt, tls.key, ca.crt) mounted read-only at
+tls.mountPath; the services reload the files when cert-manager rotates them, so nothing
+here checksums a certificate into a pod annotation.
+*/}}
+
+{{/* Secret of a service's certificate. Context: dict root, component. */}}
+{{- define "atalaya.tlsSecretName" -}}
+{{- $given := index .root.Values.tls.secretNames .component | default "" -}}
+{{- $given | default (printf "%s-tls" (include "atalaya.componentName" .)) -}}
+{{- end -}}
+
+{{/* Labels of a certificate Secret that cert-manager writes (and manages, not Helm).
+Context: dict root, component. */}}
+{{- define "atalaya.secretLabels" -}}
+{{ include "atalaya.selectorLabels" . }}
+app.kubernetes.io/part-of: atalaya
+{{- end -}}
+
+{{/* The name a client checks a service's certificate for: the FQDN of its headless Service
+(the host of its dns:/// target). Context: dict root, component. */}}
+{{- define "atalaya.serverName" -}}
+{{- printf "%s.%s.svc.cluster.local" (include "atalaya.headlessName" .) .root.Release.Namespace -}}
+{{- end -}}
+
+{{/* DNS SANs of a service's certificate: its headless Service and, for the gateway, its
+ClusterIP Service, each short and qualified. JSON list. Context: dict root, component. */}}
+{{- define "atalaya.dnsNames" -}}
+{{- $ns := .root.Release.Namespace -}}
+{{- $services := list (include "atalaya.headlessName" .) -}}
+{{- if eq .component "gateway" -}}
+{{- $services = append $services (include "atalaya.componentName" .) -}}
+{{- end -}}
+{{- $names := list -}}
+{{- range $s := $services -}}
+{{- $names = concat $names (list $s (printf "%s.%s" $s $ns) (printf "%s.%s.svc" $s $ns) (printf "%s.%s.svc.cluster.local" $s $ns)) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/* SPIFFE ID of a service (URI SAN): its namespace and service account. Context: dict root,
+component. */}}
+{{- define "atalaya.spiffeId" -}}
+{{- printf "spiffe://%s/ns/%s/sa/%s" .root.Values.tls.trustDomain .root.Release.Namespace (include "atalaya.componentName" .) -}}
+{{- end -}}
+
+{{/* Path of the CA bundle every server and client trusts. Context: root. */}}
+{{- define "atalaya.tlsCaFile" -}}
+{{- if .Values.tls.caBundle.configMap -}}
+{{- printf "%s-ca/%s" .Values.tls.mountPath .Values.tls.caBundle.key -}}
+{{- else -}}
+{{- printf "%s/ca.crt" .Values.tls.mountPath -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The security settings of one service, as a JSON map of environment variables: the one place
+they are written.
+  server   ATALAYA_<SVC>_TLS__CERT_FILE, __KEY_FILE, __CA_FILE, __REQUIRE_CLIENT_CERT, and
+           ATALAYA_<SVC>_HEALTH_PORT (plaintext grpc.health.v1 for the kubelet's probes)
+  clients  per callee of callGraph: ATALAYA_<SVC>_<CALLEE>__TLS__CA_FILE, __SERVER_NAME,
+           __CERT_FILE, __KEY_FILE
+  gateway  ATALAYA_GATEWAY_AUTH__MODE, __ISSUER, __AUDIENCE, __JWKS_URL, __JWKS_FILE,
+           __TENANT_CLAIM, __USER_CLAIM, __SCOPES_CLAIM, __LEEWAY_S, __API_KEYS_FILE
+Context: dict root, component.
+*/}}
+{{- define "atalaya.securityEnv" -}}
+{{- $v := .root.Values -}}
+{{- $prefix := printf "ATALAYA_%s_" (upper .component) -}}
+{{- $env := dict -}}
+{{- if $v.tls.enabled -}}
+{{- $crt := printf "%s/tls.crt" $v.tls.mountPath -}}
+{{- $key := printf "%s/tls.key" $v.tls.mountPath -}}
+{{- $ca := include "atalaya.tlsCaFile" .root -}}
+{{- $_ := set $env (printf "%sHEALTH_PORT" $prefix) (toString $v.tls.healthPort) -}}
+{{- $_ := set $env (printf "%sTLS__CERT_FILE" $prefix) $crt -}}
+{{- $_ := set $env (printf "%sTLS__KEY_FILE" $prefix) $key -}}
+{{- if $v.tls.mutual -}}
+{{- $_ := set $env (printf "%sTLS__CA_FILE" $prefix) $ca -}}
+{{- $_ := set $env (printf "%sTLS__REQUIRE_CLIENT_CERT" $prefix) (ne .component "gateway" | toString) -}}
+{{- end -}}
+{{- range $edge := (include "atalaya.edges" .root | fromJson).edges -}}
+{{- if and (eq $edge.from $.component) (hasKey $v.services $edge.to) -}}
+{{- $channel := printf "%s%s__TLS__" $prefix (upper $edge.to) -}}
+{{- $_ := set $env (printf "%sCA_FILE" $channel) $ca -}}
+{{- $_ := set $env (printf "%sSERVER_NAME" $channel) (include "atalaya.serverName" (dict "root" $.root "component" $edge.to)) -}}
+{{- if $v.tls.mutual -}}
+{{- $_ := set $env (printf "%sCERT_FILE" $channel) $crt -}}
+{{- $_ := set $env (printf "%sKEY_FILE" $channel) $key -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* auth off (the default): nothing, the gateway's own default. */ -}}
+{{- if and (eq .component "gateway") (eq $v.auth.mode "required") -}}
+{{- $auth := $v.auth -}}
+{{- $p := printf "%sAUTH__" $prefix -}}
+{{- $_ := set $env (printf "%sMODE" $p) $auth.mode -}}
+{{- with $auth.oidc -}}
+{{- if .issuer -}}
+{{- $_ := set $env (printf "%sISSUER" $p) .issuer -}}
+{{- $_ := set $env (printf "%sAUDIENCE" $p) .audience -}}
+{{- $_ := set $env (printf "%sTENANT_CLAIM" $p) .tenantClaim -}}
+{{- $_ := set $env (printf "%sUSER_CLAIM" $p) .userClaim -}}
+{{- $_ := set $env (printf "%sSCOPES_CLAIM" $p) .scopesClaim -}}
+{{- $_ := set $env (printf "%sLEEWAY_S" $p) (toString .leewaySeconds) -}}
+{{- if .jwksUrl -}}
+{{- $_ := set $env (printf "%sJWKS_URL" $p) .jwksUrl -}}
+{{- end -}}
+{{- if .jwksFile.existingConfigMap -}}
+{{- $_ := set $env (printf "%sJWKS_FILE" $p) (printf "%s/jwks/%s" $auth.mountPath .jwksFile.key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $auth.apiKeys.existingSecret -}}
+{{- $_ := set $env (printf "%sAPI_KEYS_FILE" $p) (printf "%s/api-keys/%s" $auth.mountPath $auth.apiKeys.key) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $env -}}
+{{- end -}}
+
+{{/* Volumes of a pod's certificate (and the CA bundle). Context: dict root, component. */}}
+{{- define "atalaya.tlsVolumes" -}}
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "atalaya.tlsSecretName" . }}
+    defaultMode: 288 # 0440: the owner and the pod's fsGroup read
+{{- with .root.Values.tls.caBundle.configMap }}
+- name: tls-ca
+  configMap:
+    name: {{ . }}
+    defaultMode: 292 # 0444
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "atalaya.tlsMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ .Values.tls.mountPath }}
+  readOnly: true
+{{- if .Values.tls.caBundle.configMap }}
+- name: tls-ca
+  mountPath: {{ printf "%s-ca" .Values.tls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of the gateway's JWKS file and API keys file (auth required). Context: root. */}}
+{{- define "atalaya.authVolumes" -}}
+{{- $auth := .Values.auth -}}
+{{- if eq $auth.mode "required" }}
+{{- if and $auth.oidc.issuer $auth.oidc.jwksFile.existingConfigMap }}
+- name: jwks
+  configMap:
+    name: {{ $auth.oidc.jwksFile.existingConfigMap }}
+    defaultMode: 292 # 0444
+{{- end }}
+{{- with $auth.apiKeys.existingSecret }}
+- name: api-keys
+  secret:
+    secretName: {{ . }}
+    defaultMode: 288 # 0440
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "atalaya.authMounts" -}}
+{{- $auth := .Values.auth -}}
+{{- if eq $auth.mode "required" }}
+{{- if and $auth.oidc.issuer $auth.oidc.jwksFile.existingConfigMap }}
+- name: jwks
+  mountPath: {{ printf "%s/jwks" $auth.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if $auth.apiKeys.existingSecret }}
+- name: api-keys
+  mountPath: {{ printf "%s/api-keys" $auth.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Settings that only make sense together; a wrong combination stops the render with the
+reason. Context: root. */}}
+{{- define "atalaya.checkSecurity" -}}
+{{- $auth := .Values.auth -}}
+{{- if eq $auth.mode "required" -}}
+{{- if not (or $auth.oidc.issuer $auth.apiKeys.existingSecret) -}}
+{{- fail "auth.mode required: give auth.oidc.issuer (JWT) or auth.apiKeys.existingSecret (API keys), or both" -}}
+{{- end -}}
+{{- if and $auth.oidc.issuer (not $auth.oidc.audience) -}}
+{{- fail "auth.oidc.audience: the audience the tokens of auth.oidc.issuer must name" -}}
+{{- end -}}
+{{- if and .Values.networkPolicy.enabled $auth.oidc.issuer (not $auth.oidc.jwksFile.existingConfigMap) (not $auth.oidc.egress) -}}
+{{- fail "auth.oidc.egress: the gateway fetches the JWKS from the issuer; give the NetworkPolicy egress rules to it (or a JWKS file in auth.oidc.jwksFile)" -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.ingress.enabled -}}
+{{- if not .Values.ingress.hosts -}}
+{{- fail "ingress.hosts: the host names of the gateway" -}}
+{{- end -}}
+{{- if not .Values.ingress.tlsSecretName -}}
+{{- fail "ingress.tlsSecretName: the Secret with the certificate of ingress.hosts (the Ingress serves TLS only)" -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.grpcRoute.enabled -}}
+{{- if not .Values.grpcRoute.parentRefs -}}
+{{- fail "grpcRoute.parentRefs: the Gateway (and listener) the route attaches to" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not (or .Values.grpcRoute.backendCAConfigMap .Values.tls.caBundle.configMap)) -}}
+{{- fail "grpcRoute.backendCAConfigMap: with tls.enabled the Gateway must check the gateway's certificate; give a ConfigMap with the CA in ca.crt (e.g. a trust-manager Bundle)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
