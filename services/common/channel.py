@@ -5,7 +5,11 @@ and a headless Kubernetes Service so each call can go to a different replica),
 retries of UNAVAILABLE through the gRPC service config (transparent, bounded,
 with backoff), keepalive, message size limits, and OpenTelemetry client spans
 that carry the W3C trace context to the server. Deadlines are per call: pass
-`timeout=` on every call (the Python client does)."""
+`timeout=` on every call (the Python client does).
+
+Transport security comes from `settings.tls` (services.common.settings: a service's
+channels follow its own tls settings): TLS with the CA bundle, the client certificate
+for mTLS, and the expected server name. Its files are read when the channel is made."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from services.common import tls
 from services.common.settings import ChannelSettings
 from services.common.telemetry import client_interceptors
 
@@ -50,13 +55,17 @@ def channel_options(settings: ChannelSettings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        *tls.channel_options(settings.tls),
     ]
 
 
 def create_channel(
     settings: ChannelSettings, *, credentials: grpc.ChannelCredentials | None = None
 ) -> grpc.aio.Channel:
-    """An aio channel to `settings.target`; TLS when `credentials` are given."""
+    """An aio channel to `settings.target`: with `credentials` when given, else TLS
+    when settings.tls enables it, else plaintext."""
+    if credentials is None and settings.tls is not None and settings.tls.enabled:
+        credentials = tls.channel_credentials(settings.tls)
     options = channel_options(settings)
     interceptors = client_interceptors()
     if credentials is not None:

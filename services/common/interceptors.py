@@ -1,5 +1,8 @@
-"""The one server interceptor that maps domain errors to gRPC status codes and
-records per-RPC metrics (duration by status, in-flight count).
+"""The one server interceptor: it authenticates each RPC's caller (an
+identity.Authenticator) and runs the handler as that identity, maps domain errors
+to gRPC status codes and records per-RPC metrics (duration by status, in-flight
+count). Health and reflection are not wrapped: they stay open to every caller
+that the transport lets in.
 
 Unknown exceptions become INTERNAL with a generic message; their details go to the
 log, correlated by trace id, never to the client."""
@@ -14,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from services.common import errors, semconv
+from services.common import errors, identity, semconv
 from services.common.telemetry import meter
 
 log = logging.getLogger(__name__)
@@ -43,10 +46,17 @@ def status_for(exc: errors.AtalayaError) -> grpc.StatusCode:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every unary and server-streaming handler of the service's own APIs."""
+    """Wraps every unary and server-streaming handler of the service's own APIs.
+    Without an authenticator every RPC runs as identity.ANONYMOUS."""
 
-    def __init__(self, *, is_accepting: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        *,
+        is_accepting: Callable[[], bool] = lambda: True,
+        authenticator: identity.Authenticator | None = None,
+    ) -> None:
         self._is_accepting = is_accepting
+        self._authenticator = authenticator
         m = meter()
         self._duration = m.create_histogram(
             semconv.METRIC_RPC_SERVER_DURATION, unit="ms", description="RPC duration"
@@ -85,8 +95,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             started = self._begin(method)
             code = grpc.StatusCode.OK
             try:
+                caller = await self._authenticate(method, context)
                 await self._check_accepting(context)
-                return await behavior(request, context)
+                with identity.acting_as(caller):
+                    return await behavior(request, context)
             except BaseException as exc:
                 code, message = self._classify(exc, context, method)
                 if message is not None:
@@ -104,9 +116,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             started = self._begin(method)
             code = grpc.StatusCode.OK
             try:
+                caller = await self._authenticate(method, context)
                 await self._check_accepting(context)
-                async for item in behavior(request, context):
-                    yield item
+                with identity.acting_as(caller):
+                    async for item in behavior(request, context):
+                        yield item
             except BaseException as exc:
                 code, message = self._classify(exc, context, method)
                 if message is not None:
@@ -116,6 +130,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 self._end(method, started, code)
 
         return handle
+
+    async def _authenticate(
+        self, method: str, context: grpc.aio.ServicerContext
+    ) -> identity.Identity:
+        """The caller's identity; Unauthenticated / PermissionDenied end the RPC
+        before the handler sees the request."""
+        if self._authenticator is None:
+            return identity.ANONYMOUS
+        return await self._authenticator.authenticate(
+            method, context.invocation_metadata() or (), context.auth_context()
+        )
 
     async def _check_accepting(self, context: grpc.aio.ServicerContext) -> None:
         if not self._is_accepting():
