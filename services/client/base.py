@@ -63,9 +63,7 @@ def credentials(
         if settings is not None and secure
         else grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
     )
-    return grpc.composite_channel_credentials(
-        transport, grpc.access_token_call_credentials(token)
-    )
+    return grpc.composite_channel_credentials(transport, grpc.access_token_call_credentials(token))
 
 
 class BaseClient:

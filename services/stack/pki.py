@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -203,7 +204,7 @@ class LocalPKI:
             key = serialization.load_pem_private_key(self.key_file(name).read_bytes(), None)
             cert.verify_directly_issued_by(ca_cert)
             sans = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-        except (OSError, ValueError, TypeError, x509.InvalidSignature, x509.ExtensionNotFound):
+        except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
             return False
         return (
             cert.public_key() == key.public_key()
