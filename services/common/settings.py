@@ -113,9 +113,12 @@ class PeerSettings(BaseModel):
 
 
 class ServiceSettings(BaseSettings):
-    """Settings every gRPC service has. Env: ATALAYA_<SERVICE>_<FIELD>."""
+    """Settings every gRPC service has. Env: ATALAYA_<SERVICE>_<FIELD>, and
+    ATALAYA_<SERVICE>_<FIELD>__<NESTED> for nested settings (tls, peers, channels)."""
 
-    model_config = SettingsConfigDict(env_prefix="ATALAYA_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ATALAYA_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
 
     host: str = Field(
         topology.DEFAULT_HOST,
