@@ -18,8 +18,12 @@ from cryptography import x509
 from services.common import tls
 from services.common.channel import create_channel
 from services.common.server import ServerRunner
-from services.common.settings import ChannelSettings, ChannelTLSSettings, ServiceSettings
-from services.common.settings import TLSSettings
+from services.common.settings import (
+    ChannelSettings,
+    ChannelTLSSettings,
+    ServiceSettings,
+    TLSSettings,
+)
 from tests.support.certs import Leaf, TestCA
 from tests.support.whoami import WhoAmIService, who
 

@@ -33,9 +33,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ATALAYA_GENERATION_SIM__ITL_MEAN_MS": "5",
         "ATALAYA_GENERATION_SIM__SCRIPTS": json.dumps({MESSAGE: REPLY}),
     }
-    with running_stack(
-        tmp_path_factory.mktemp("stack"), {"generation": sim}, security="mtls"
-    ) as s:
+    with running_stack(tmp_path_factory.mktemp("stack"), {"generation": sim}, security="mtls") as s:
         yield s
 
 
@@ -80,9 +78,7 @@ def test_the_cli_talks_to_the_stack_over_mtls(
     files += ["--key-file", str(tls.key_file)]
     targets = [f"--target={name}={stack.target(name)}" for name in stack.ports if name != "traces"]
     assert cli_main(["status", *targets, "--timeout", "5", *files]) == 0
-    code = cli_main(
-        ["ask", "--target", stack.target("gateway"), "--user", "ana", *files, MESSAGE]
-    )
+    code = cli_main(["ask", "--target", stack.target("gateway"), "--user", "ana", *files, MESSAGE])
     assert code == 0
     assert REPLY in capsys.readouterr().out
 
