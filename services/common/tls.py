@@ -10,6 +10,10 @@ next connection, with no restart. A half-written rotation (a key that does not m
 its certificate) is not taken: the last good pair goes on serving until the files
 agree again.
 
+Client side: a channel's credentials are made from the files when the channel is
+made; services.common.channel.ReloadingChannel makes a new channel when they
+change, so a long-running service shows its renewed client certificate.
+
 Peer identity: under mTLS grpc verifies the caller's certificate against the CA
 bundle and hands its subject alternative names to the handler (auth_context:
 peer_uri, peer_dns). `peer_name` maps them to a workload name, accepting:
@@ -100,7 +104,7 @@ def load_ca(ca_file: Path) -> bytes:
     return data
 
 
-def _signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...] | None:
+def file_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...] | None:
     """What changes when a file is replaced or rewritten (stat follows symlinks, so
     a Kubernetes secret volume's swap of its ..data link counts); None: one is missing."""
     try:
@@ -121,7 +125,7 @@ class CertificateReloader:
         self._ca_file = settings.ca_file if settings.mode == "mtls" else None
         self._paths = [p for p in (self._cert_file, self._key_file, self._ca_file) if p]
         self._lock = threading.Lock()
-        self._seen = _signature(self._paths)  # the files' state last read (good or bad)
+        self._seen = file_signature(self._paths)  # the files' state last read (good or bad)
         self.serial = 0  # the serving certificate's serial number
         self.loads = 0
         # The first read must succeed: a service does not start without its certificate.
@@ -145,7 +149,7 @@ class CertificateReloader:
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """grpc's callback, at each handshake: a new configuration, or None (no change)."""
         with self._lock:
-            signature = _signature(self._paths)
+            signature = file_signature(self._paths)
             if signature is None or signature == self._seen:
                 return None
             self._seen = signature
@@ -184,6 +188,13 @@ def channel_credentials(settings: ChannelTLSSettings) -> grpc.ChannelCredentials
         private_key=pair.key if pair else None,
         certificate_chain=pair.chain if pair else None,
     )
+
+
+def channel_files(settings: ChannelTLSSettings | None) -> list[Path]:
+    """The files a channel's TLS is made from (none: plaintext, or system roots only)."""
+    if settings is None or not settings.enabled:
+        return []
+    return [p for p in (settings.ca_file, settings.cert_file, settings.key_file) if p]
 
 
 def channel_options(settings: ChannelTLSSettings | None) -> list[tuple[str, str]]:

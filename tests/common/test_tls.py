@@ -6,6 +6,7 @@ restart (a new connection sees the new serial; a half-written rotation is not ta
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import grpc
 import pytest
 from cryptography import x509
 
+from services.common import channel as channel_module
 from services.common import tls
 from services.common.channel import create_channel
 from services.common.server import ServerRunner
@@ -25,7 +27,7 @@ from services.common.settings import (
     TLSSettings,
 )
 from tests.support.certs import Leaf, TestCA
-from tests.support.whoami import WhoAmIService, who
+from tests.support.whoami import WHO, WhoAmIService, who
 
 TD = "atalaya.local"
 
@@ -223,3 +225,30 @@ async def test_a_rotated_certificate_serves_new_connections_without_restart(
         assert runner.certificates.loads == loads
         first.key_file.write_bytes(third.key_file.read_bytes())  # the rotation completes
         assert served_serial(target, gateway) == third.serial
+
+
+async def test_a_services_channel_shows_its_renewed_client_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(channel_module, "RELOAD_CHECK_INTERVAL_S", 0.0)  # look at every call
+    ca = TestCA(tmp_path)
+    first = service_cert(ca, "gateway")
+    client = ca.client(first)
+    async with (
+        serving(ca.server(service_cert(ca, "memory"))) as (_, target),
+        create_channel(ChannelSettings(target=target, tls=client)) as channel,
+    ):
+        assert isinstance(channel, channel_module.ReloadingChannel)
+        stub_call = channel.unary_unary(WHO)  # made once, as a stub does
+        before = json.loads(await stub_call(b"", timeout=10))
+        renewed = service_cert(ca, "gateway")  # rotated on disk, same paths
+        after = json.loads(await stub_call(b"", timeout=10))
+        # Half a rotation (a certificate without its key yet) keeps the last good pair.
+        half = ca.issue("half", ["gateway", f"spiffe://{TD}/gateway"])
+        first.cert_file.write_bytes(half.cert_file.read_bytes())
+        during = json.loads(await stub_call(b"", timeout=10))
+    assert before["peer_serial"] == format(first.serial, "x")
+    assert after["peer_serial"] == format(renewed.serial, "x") != before["peer_serial"]
+    assert during["peer_serial"] == after["peer_serial"]
+    assert after["service"] == "gateway"
+    assert channel.generation == 1

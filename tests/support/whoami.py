@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from cryptography import x509
 
 from services.common import identity
 from services.common.server import Service
@@ -16,6 +17,12 @@ from services.common.server import Service
 SERVICE = "atalaya.probe.v1.WhoAmIService"
 WHO = f"/{SERVICE}/Who"
 WHO_STREAM = f"/{SERVICE}/WhoStream"
+
+
+def _peer_serial(context: grpc.aio.ServicerContext) -> str:
+    """The serial of the client certificate the peer showed ("" without one)."""
+    pem = context.auth_context().get("x509_pem_cert")
+    return format(x509.load_pem_x509_certificate(pem[0]).serial_number, "x") if pem else ""
 
 
 def _answer(context: grpc.aio.ServicerContext) -> bytes:
@@ -29,6 +36,7 @@ def _answer(context: grpc.aio.ServicerContext) -> bytes:
             "method": who.method,
             "service": who.service,
             "metadata": metadata,
+            "peer_serial": _peer_serial(context),
         }
     ).encode()
 
