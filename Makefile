@@ -54,8 +54,10 @@ proto: setup
 proto-check: setup
 	$(PY) protos/generate.py --check
 
+# Plaintext by default; `make run STACK_ARGS=--mtls` (or ATALAYA_STACK_SECURITY=mtls make run)
+# serves every service over mTLS with certificates of a local CA in .state/tls.
 run: setup proto
-	$(PY) -m services.stack
+	$(PY) -m services.stack $(STACK_ARGS)
 
 # Ray Serve on a local Ray cluster (2 CPUs, no dashboard): gRPC on 127.0.0.1:9000, the
 # service named by the `application` metadata key; Ctrl-C stops it all (services/ray/README.md).

@@ -3,6 +3,11 @@ feedback-export, keys (the gateway's API keys: services.cli.keys), eval (run,
 compare, calibrate: services.eval.cli), plan (capacity and cost from a load test:
 loadtests.plan).
 
+Every command that calls a service takes the connection options of
+services.cli.security (TLS, client certificate, bearer token; flags or ATALAYA_*
+environment variables); against a local stack started with --tls or --mtls the
+stack's certificates are the default.
+
 Exit codes: 0 success (answered, all SERVING, trace found), 1 a call failed or
 something was not found / not serving, 2 usage errors, 3 the turn was blocked."""
 
@@ -14,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.cli import export, gateway, keys
+from services.cli import export, gateway, keys, security
 from services.cli.status import DEFAULT_HOST, SERVICES, SERVING, check_all, format_statuses
 from services.cli.status import service_targets as status_targets
 from services.client import gateway as client
@@ -70,6 +75,7 @@ def _turn_options() -> argparse.ArgumentParser:
         default=client.DEFAULT_CHAT_TIMEOUT_S,
         help="deadline per turn in seconds (default %(default)s)",
     )
+    security.add_options(parent)
     return parent
 
 
@@ -104,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check this target for one service (repeatable)",
     )
     status.add_argument("--timeout", type=_positive_float, default=1.0, help="seconds per check")
+    security.add_options(status)
 
     trace = commands.add_parser("trace", help="the span tree of a request")
     trace.add_argument("request_id", help="a request id, or a trace id prefix")
@@ -118,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument(
         "--timeout", type=_positive_float, default=client.DEFAULT_FEEDBACK_TIMEOUT_S
     )
+    security.add_options(feedback)
     export = commands.add_parser(
         "feedback-export", help="stored feedback as CSV or JSON lines, for evaluation"
     )
@@ -130,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--memory-target", default=f"{DEFAULT_HOST}:{dict(SERVICES)['memory']}")
     export.add_argument("--timeout", type=_positive_float, default=30.0)
     keys.add_parser(commands)
+    security.add_options(export)
     commands.add_parser(
         "eval",
         add_help=False,
@@ -154,6 +163,7 @@ def run_export(args: argparse.Namespace) -> int:
                 out,
                 with_messages=args.with_messages,
                 timeout_s=args.timeout,
+                connection=security.connection(args),
             )
         )
     finally:
@@ -177,7 +187,7 @@ def _turn_settings(args: argparse.Namespace) -> client.TurnSettings:
 
 def run_status(args: argparse.Namespace) -> int:
     targets = status_targets(args.host, args.port_offset, dict(args.targets))
-    statuses = asyncio.run(check_all(targets, args.timeout))
+    statuses = asyncio.run(check_all(targets, args.timeout, security.connection(args).tls))
     print(format_statuses(statuses))
     return 0 if all(s.status == SERVING for s in statuses) else 1
 
@@ -215,13 +225,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "chat":
-            return gateway.chat(_turn_settings(args))
+            return gateway.chat(_turn_settings(args), connection=security.connection(args))
         if args.command == "ask":
             question = " ".join(args.question).strip()
             if not question:
                 parser.error("the question is empty")
             return asyncio.run(
-                gateway.ask(_turn_settings(args), question, as_json=args.json, verbose=args.verbose)
+                gateway.ask(
+                    _turn_settings(args),
+                    question,
+                    as_json=args.json,
+                    verbose=args.verbose,
+                    connection=security.connection(args),
+                )
             )
         simple = {
             "status": run_status,
@@ -239,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.score,
                 args.comment,
                 timeout_s=args.timeout,
+                connection=security.connection(args),
             )
         )
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from typing import IO, Any
 from atalaya.common.v1 import common_pb2
 from atalaya.memory.v1 import memory_pb2
 
+from services.cli.security import PLAINTEXT, Connection
 from services.client import MemoryClient
 
 FIELDS = (
@@ -61,9 +62,16 @@ def write(rows: Iterable[dict[str, Any]], fmt: str, out: IO[str]) -> int:
 
 
 async def export(
-    target: str, user_id: str, fmt: str, out: IO[str], *, with_messages: bool, timeout_s: float
+    target: str,
+    user_id: str,
+    fmt: str,
+    out: IO[str],
+    *,
+    with_messages: bool,
+    timeout_s: float,
+    connection: Connection = PLAINTEXT,
 ) -> int:
-    async with MemoryClient.connect(target, timeout_s=timeout_s) as memory:
+    async with connection.connect(MemoryClient, target, timeout_s) as memory:
         records = [
             row(r)
             async for r in memory.export_feedback(user_id=user_id, include_messages=with_messages)

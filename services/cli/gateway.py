@@ -18,6 +18,7 @@ from atalaya.gateway.v1 import gateway_pb2 as gw
 from google.protobuf import json_format
 
 from services.cli.render import ChatRenderer, format_blocked, format_verdict
+from services.cli.security import PLAINTEXT, Connection
 from services.client.gateway import (
     DEFAULT_FEEDBACK_TIMEOUT_S,
     GatewayClient,
@@ -63,12 +64,13 @@ async def ask(
     verbose: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    connection: Connection = PLAINTEXT,
 ) -> int:
     """One turn: print the answer (or the refusal). Exit 0 answered, 3 blocked,
     1 when the call failed."""
     out, err = out or sys.stdout, err or sys.stderr
     request = settings.request(message)
-    async with GatewayClient.connect(settings.target, timeout_s=settings.timeout_s) as gateway:
+    async with connection.connect(GatewayClient, settings.target, settings.timeout_s) as gateway:
         try:
             result = await gateway.chat(request)
         except grpc.aio.AioRpcError as exc:
@@ -100,11 +102,12 @@ async def feedback(
     timeout_s: float = DEFAULT_FEEDBACK_TIMEOUT_S,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    connection: Connection = PLAINTEXT,
 ) -> int:
     """Record feedback on a turn; exit 0, or 1 when the call failed."""
     out, err = out or sys.stdout, err or sys.stderr
     request_id = new_id()
-    async with GatewayClient.connect(target, timeout_s=timeout_s) as gateway:
+    async with connection.connect(GatewayClient, target, timeout_s) as gateway:
         try:
             response = await gateway.feedback(
                 user_id=user_id,
@@ -154,6 +157,7 @@ def chat(
     stdin: TextIO | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    connection: Connection = PLAINTEXT,
 ) -> int:
     """The interactive loop: read a line, stream the turn, repeat until /quit or EOF.
     Ctrl-C during a reply cancels that call and returns to the prompt."""
@@ -166,7 +170,7 @@ def chat(
         file=err,
     )
     with asyncio.Runner() as runner:
-        gateway = runner.run(_connect(settings))
+        gateway = runner.run(_connect(settings, connection))
         try:
             while True:
                 try:
@@ -195,9 +199,9 @@ def chat(
     return EXIT_OK
 
 
-async def _connect(settings: TurnSettings) -> GatewayClient:
+async def _connect(settings: TurnSettings, connection: Connection) -> GatewayClient:
     """The client, made inside the runner's event loop (its channel belongs to it)."""
-    return GatewayClient.connect(settings.target, timeout_s=settings.timeout_s)
+    return connection.connect(GatewayClient, settings.target, settings.timeout_s)
 
 
 def _chat_turn(

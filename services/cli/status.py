@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from services.common import health, topology
+from services.common.settings import ChannelTLSSettings
 
 # The services and their default ports (services/common/topology.py), in port
 # order; --port-offset moves them all by the same amount.
@@ -33,15 +34,19 @@ def service_targets(
     return [(name, overrides.get(name, f"{host}:{port + port_offset}")) for name, port in SERVICES]
 
 
-async def check(name: str, target: str, timeout_s: float) -> ServiceStatus:
-    """One overall health check (empty service name)."""
-    result = await health.check_async(target, timeout_s)
+async def check(
+    name: str, target: str, timeout_s: float, tls: ChannelTLSSettings | None = None
+) -> ServiceStatus:
+    """One overall health check (empty service name), over `tls` when given."""
+    result = await health.check_async(target, timeout_s, tls)
     return ServiceStatus(name, target, result.status, result.detail)
 
 
-async def check_all(targets: Sequence[tuple[str, str]], timeout_s: float) -> list[ServiceStatus]:
+async def check_all(
+    targets: Sequence[tuple[str, str]], timeout_s: float, tls: ChannelTLSSettings | None = None
+) -> list[ServiceStatus]:
     """Every check at once, in the order given."""
-    return list(await asyncio.gather(*(check(n, t, timeout_s) for n, t in targets)))
+    return list(await asyncio.gather(*(check(n, t, timeout_s, tls) for n, t in targets)))
 
 
 def format_statuses(statuses: Sequence[ServiceStatus]) -> str:

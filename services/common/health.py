@@ -1,7 +1,8 @@
 """The grpc.health.v1 check of a running service, as its callers see it: the
 overall status (empty service name) by its enum name, or UNREACHABLE with the
 gRPC code that said why. One blocking implementation; asyncio callers await
-`check_async`, which runs it on a worker thread."""
+`check_async`, which runs it on a worker thread. A server with TLS is checked over
+TLS (`tls`: the caller's channel settings, with a client certificate for mTLS)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common import tls as transport
+from services.common.settings import ChannelTLSSettings
 
 _STATUS = health_pb2.HealthCheckResponse.ServingStatus
 SERVING: str = _STATUS.Name(health_pb2.HealthCheckResponse.SERVING)
@@ -27,9 +31,21 @@ class Health:
         return self.status == SERVING
 
 
-def check(target: str, timeout_s: float = 1.0) -> Health:
+def _channel(target: str, tls: ChannelTLSSettings | None) -> grpc.Channel:
+    if tls is None or not tls.enabled:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(
+        target, transport.channel_credentials(tls), options=transport.channel_options(tls)
+    )
+
+
+def check(target: str, timeout_s: float = 1.0, tls: ChannelTLSSettings | None = None) -> Health:
     """One overall health check of the server at `target` (host:port)."""
-    with grpc.insecure_channel(target) as channel:
+    try:
+        channel = _channel(target, tls)
+    except transport.TLSFileError:
+        return Health(UNREACHABLE, "TLS_FILES")  # not written yet, or unreadable
+    with channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
@@ -39,11 +55,15 @@ def check(target: str, timeout_s: float = 1.0) -> Health:
     return Health(_STATUS.Name(response.status))
 
 
-async def check_async(target: str, timeout_s: float = 1.0) -> Health:
+async def check_async(
+    target: str, timeout_s: float = 1.0, tls: ChannelTLSSettings | None = None
+) -> Health:
     """`check` for asyncio callers."""
-    return await asyncio.to_thread(check, target, timeout_s)
+    return await asyncio.to_thread(check, target, timeout_s, tls)
 
 
-def health_status(target: str, timeout_s: float = 1.0) -> str:
+def health_status(
+    target: str, timeout_s: float = 1.0, tls: ChannelTLSSettings | None = None
+) -> str:
     """Just the status name of `check`."""
-    return check(target, timeout_s).status
+    return check(target, timeout_s, tls).status

@@ -117,3 +117,14 @@ class Authenticator(Protocol):
     async def authenticate(
         self, method: str, metadata: Metadata, auth_context: AuthContext
     ) -> Identity: ...
+
+
+class AnonymousAuthenticator:
+    """Every caller is ANONYMOUS, whatever its metadata says: the edge of a deployment
+    with authentication off. Forwarded identity keys from outside are ignored, so a
+    client cannot claim a tenant or a scope by writing a header."""
+
+    async def authenticate(
+        self, method: str, metadata: Metadata, auth_context: AuthContext
+    ) -> Identity:
+        return ANONYMOUS

@@ -1,5 +1,8 @@
-"""The one server interceptor that maps domain errors to gRPC status codes and
-records per-RPC metrics (duration by status, in-flight count).
+"""The one server interceptor: it authenticates each RPC's caller (an
+identity.Authenticator) and runs the handler as that identity, maps domain errors
+to gRPC status codes and records per-RPC metrics (duration by status, in-flight
+count). Health and reflection are not wrapped: they stay open to every caller
+that the transport lets in.
 
 Unknown exceptions become INTERNAL with a generic message; their details go to the
 log, correlated by trace id, never to the client. RESOURCE_EXHAUSTED with a known
@@ -52,7 +55,8 @@ def status_for(exc: errors.AtalayaError) -> grpc.StatusCode:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every unary and server-streaming handler of the service's own APIs."""
+    """Wraps every unary and server-streaming handler of the service's own APIs.
+    Without an authenticator every RPC runs as identity.ANONYMOUS."""
 
     def __init__(
         self,
@@ -100,8 +104,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             started = self._begin(method)
             code = grpc.StatusCode.OK
             try:
+                caller = await self._authenticate(method, context)
                 await self._check_accepting(context)
-                with identity.acting_as(await self._identity(method, context)):
+                with identity.acting_as(caller):
                     return await behavior(request, context)
             except BaseException as exc:
                 code, message = self._classify(exc, context, method)
@@ -120,8 +125,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             started = self._begin(method)
             code = grpc.StatusCode.OK
             try:
+                caller = await self._authenticate(method, context)
                 await self._check_accepting(context)
-                with identity.acting_as(await self._identity(method, context)):
+                with identity.acting_as(caller):
                     async for item in behavior(request, context):
                         yield item
             except BaseException as exc:
@@ -134,16 +140,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return handle
 
-    async def _check_accepting(self, context: grpc.aio.ServicerContext) -> None:
-        if not self._is_accepting():
-            raise errors.Unavailable("service is starting")
-
-    async def _identity(self, method: str, context: grpc.aio.ServicerContext) -> identity.Identity:
+    async def _authenticate(
+        self, method: str, context: grpc.aio.ServicerContext
+    ) -> identity.Identity:
+        """The caller's identity; Unauthenticated / PermissionDenied end the RPC
+        before the handler sees the request."""
         if self._authenticator is None:
             return identity.ANONYMOUS
         return await self._authenticator.authenticate(
             method, context.invocation_metadata() or (), context.auth_context()
         )
+
+    async def _check_accepting(self, context: grpc.aio.ServicerContext) -> None:
+        if not self._is_accepting():
+            raise errors.Unavailable("service is starting")
 
     def _classify(
         self, exc: BaseException, context: grpc.aio.ServicerContext, method: str

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from services.common.health import SERVING, health_status
+from services.common.settings import ChannelTLSSettings
 from services.common.topology import DEFAULT_HOST
 
 HOST = DEFAULT_HOST
@@ -60,10 +61,12 @@ def wait_for_status(
     exited: Callable[[], int | None] | None = None,
     progress: Callable[[float], None] | None = None,
     progress_every_s: float = 5.0,
+    tls: ChannelTLSSettings | None = None,
 ) -> None:
-    """Return once `target`'s overall health is `status`. Raises Exited as soon as
-    `exited()` gives an exit code, TimeoutError after `timeout_s`; calls
-    `progress(seconds waited)` every `progress_every_s` meanwhile."""
+    """Return once `target`'s overall health is `status` (checked over `tls` when
+    given). Raises Exited as soon as `exited()` gives an exit code, TimeoutError
+    after `timeout_s`; calls `progress(seconds waited)` every `progress_every_s`
+    meanwhile."""
     started = time.monotonic()
     deadline = started + timeout_s
     next_note = started + progress_every_s
@@ -71,7 +74,7 @@ def wait_for_status(
         code = exited() if exited is not None else None
         if code is not None:
             raise Exited(code)
-        if health_status(target) == status:
+        if health_status(target, tls=tls) == status:
             return
         now = time.monotonic()
         if progress is not None and now >= next_note:
@@ -83,8 +86,8 @@ def wait_for_status(
 
 class ServiceProcess:
     """`python -m <module> [args]` with `env` on top of `base_env` (default: this
-    process's environment), serving grpc.health.v1 on HOST:`port`; its output goes
-    to `log_path`."""
+    process's environment), serving grpc.health.v1 on HOST:`port` (over `tls` when
+    given); its output goes to `log_path`."""
 
     def __init__(
         self,
@@ -95,8 +98,10 @@ class ServiceProcess:
         base_env: Mapping[str, str] | None = None,
         *,
         args: Sequence[str] = (),
+        tls: ChannelTLSSettings | None = None,
     ) -> None:
         self.module = module
+        self.tls = tls
         self.port = port
         self.env = dict(env)
         self.log_path = log_path
@@ -119,7 +124,7 @@ class ServiceProcess:
                 start_new_session=True,  # a terminal's Ctrl-C reaches the parent only
             )
         try:
-            wait_for_status(self.target, SERVING, timeout_s, exited=self.proc.poll)
+            wait_for_status(self.target, SERVING, timeout_s, exited=self.proc.poll, tls=self.tls)
         except Exited:
             raise RuntimeError(f"{self.module} exited early:\n{self.log_tail()}") from None
         except TimeoutError:

@@ -2,8 +2,21 @@
 
 A service provides a `Service` (its servicers, start/ready/stop); the runner adds
 grpc.health.v1 (SERVING only while the service says it is ready), reflection,
-message size limits, keepalive, max connection age, OpenTelemetry and the error
-interceptor, and drains in-flight RPCs on SIGTERM within the grace period."""
+message size limits, keepalive, max connection age, OpenTelemetry, transport
+security (settings.tls: plaintext, TLS or mTLS, certificates reloaded from disk when
+they change) and the one interceptor that authenticates each caller and maps errors,
+and drains in-flight RPCs on SIGTERM within the grace period.
+
+Authentication: the runner's `authenticator` (an identity.Authenticator) proves each
+RPC's caller. Its default, `default_authenticator`, is the services' peer
+authenticator (services.common.peer_auth: the mTLS peer and the call graph's
+allowlist, or ANONYMOUS with mTLS off). A service with its own (the gateway's edge
+authentication of tokens and API keys) passes it:
+
+    run_service("gateway", GatewaySettings, build, authenticator=edge_authenticator)
+
+where `edge_authenticator(settings)` returns the Authenticator; tests pass one to
+`ServerRunner(service, settings, authenticator=...)`."""
 
 from __future__ import annotations
 
@@ -19,9 +32,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import tls
 from services.common.identity import Authenticator
 from services.common.interceptors import ServiceInterceptor
 from services.common.logging import configure_logging
+from services.common.peer_auth import PeerAuthenticator
 from services.common.settings import ServiceSettings, load_settings
 from services.common.telemetry import server_interceptors, setup_telemetry
 
@@ -71,6 +86,12 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     ]
 
 
+def default_authenticator(name: str, settings: ServiceSettings) -> Authenticator:
+    """The authenticator of service `name` unless it brings its own: its mTLS peer
+    must be allowed by topology.callers_of(name) and settings.peers."""
+    return PeerAuthenticator.from_settings(name, settings)
+
+
 class ServerRunner:
     """Owns one grpc.aio server around one Service. Use `serve()` for a process;
     tests use `running()` to get an in-process server on a free port."""
@@ -85,16 +106,23 @@ class ServerRunner:
         self.service = service
         self.settings = settings
         self.port = 0
+        self.health_port = 0
+        self.authenticator = authenticator or default_authenticator(service.name, settings)
+        #: The server certificate's reloader (None in plaintext).
+        self.certificates: tls.CertificateReloader | None = None
         self._started = False
         self._health = health.aio.HealthServicer()
         self._server = grpc.aio.server(
             interceptors=[
                 *server_interceptors(),
-                ServiceInterceptor(is_accepting=lambda: self._started, authenticator=authenticator),
+                ServiceInterceptor(
+                    is_accepting=lambda: self._started, authenticator=self.authenticator
+                ),
             ],
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
+        self._health_server: grpc.aio.Server | None = None
         self._readiness_task: asyncio.Task[None] | None = None
         self._serving: bool | None = None
 
@@ -107,15 +135,25 @@ class ServerRunner:
             [*service.grpc_service_names, health.SERVICE_NAME, reflection.SERVICE_NAME],
             self._server,
         )
-        self.port = self._server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        if self.settings.tls.mode == "off":
+            self.port = self._server.add_insecure_port(address)
+        else:
+            credentials, self.certificates = tls.server_credentials(self.settings.tls)
+            self.port = self._server.add_secure_port(address, credentials)
         if self.port == 0:
-            raise RuntimeError(f"cannot bind {self.settings.host}:{self.settings.port}")
+            raise RuntimeError(f"cannot bind {address}")
         await self._server.start()
         await self._set_serving(False)
-        log.info("listening", extra={"port": self.port, "host": self.settings.host})
+        log.info(
+            "listening",
+            extra={"port": self.port, "host": self.settings.host, "tls": self.settings.tls.mode},
+        )
         try:
+            await self._start_health_server()
             await service.start()
         except BaseException:
+            await self._stop_health_server()
             await self._server.stop(0)
             raise
         self._started = True
@@ -123,6 +161,25 @@ class ServerRunner:
         self._readiness_task = asyncio.create_task(self._readiness_loop())
         log.info("started", extra={"port": self.port})
         return self.port
+
+    async def _start_health_server(self) -> None:
+        """grpc.health.v1 alone, in plaintext, on settings.health_port (when set)."""
+        if self.settings.health_port is None:
+            return
+        server = grpc.aio.server(options=server_options(self.settings))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = f"{self.settings.host}:{self.settings.health_port}"
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise RuntimeError(f"cannot bind {address}")
+        await server.start()
+        self._health_server = server
+        log.info("health listening", extra={"port": self.health_port})
+
+    async def _stop_health_server(self, grace: float | None = None) -> None:
+        if self._health_server is not None:
+            await self._health_server.stop(grace)
+            self._health_server = None
 
     async def _set_serving(self, serving: bool) -> None:
         if serving == self._serving:
@@ -156,6 +213,7 @@ class ServerRunner:
         grace = self.settings.grace_period_s if grace is None else grace
         log.info("draining", extra={"grace_period_s": grace})
         await self._server.stop(grace)
+        await self._stop_health_server(0)
         await self.service.stop()
         log.info("stopped")
 
@@ -198,8 +256,9 @@ def run_service(
     authenticator: Callable[[S], Authenticator | None] | None = None,
 ) -> None:
     """The whole life of a service process: read settings, set up logs and
-    telemetry, build the service (and its authenticator, when it has one), serve
-    until SIGTERM/SIGINT, drain, flush."""
+    telemetry, build the service, serve until SIGTERM/SIGINT, drain, flush.
+    `authenticator(settings)`, when it gives one, replaces the default
+    (default_authenticator)."""
     settings = load_settings(settings_cls)
     configure_logging(name, settings.log_level)
     telemetry = setup_telemetry(name)

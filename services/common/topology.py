@@ -76,6 +76,15 @@ def call_graph() -> dict[str, tuple[str, ...]]:
     return {s.name: s.calls for s in SERVICES}
 
 
+def callers_of(name: str) -> tuple[str, ...]:
+    """The services that call `name`, in start order: the allowlist of callers that
+    each service enforces under mTLS (services.common.peer_auth) and the chart's
+    NetworkPolicies allow. Callers from outside the topology (an operator's client,
+    the clients of the gateway) are settings of the service, not edges here."""
+    service(name)  # unknown names are an error, not an empty allowlist
+    return tuple(s.name for s in SERVICES if name in s.calls)
+
+
 def ports(port_offset: int = 0) -> dict[str, int]:
     """Every service's default port, plus `port_offset`."""
     return {s.name: s.port + port_offset for s in SERVICES}

@@ -9,6 +9,7 @@ from atalaya.guardrail.v1 import guardrail_pb2_grpc
 from atalaya.memory.v1 import memory_pb2_grpc
 
 from services.common.edge_auth import EdgeAuthenticator, build_authenticator
+from services.common.identity import AnonymousAuthenticator
 from services.common.service import CoreService
 from services.gateway.clients import (
     GrpcTransport,
@@ -66,7 +67,9 @@ def build(
     return GatewayService(core, (guard, memory, generator))
 
 
-def authenticator(settings: GatewaySettings) -> EdgeAuthenticator | None:
-    """Who may call the gateway: None (everyone, as the anonymous identity) when
-    settings.auth.mode is off."""
-    return build_authenticator(settings.auth)
+def authenticator(settings: GatewaySettings) -> EdgeAuthenticator | AnonymousAuthenticator:
+    """Who may call the gateway: its edge authenticator, or with settings.auth.mode
+    off everyone as the anonymous identity. Never the services' peer authenticator:
+    the gateway faces clients, and a client's forwarded-identity headers must not be
+    believed."""
+    return build_authenticator(settings.auth) or AnonymousAuthenticator()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from services.common.health import SERVING
 from services.common.process import Exited, child_env, module_argv, wait_for_status
+from services.common.settings import ChannelTLSSettings
 from services.stack.config import ProcessSpec
 
 
@@ -49,7 +50,8 @@ class Supervisor:
     """Starts `specs` in order, each once the one before is SERVING; restarts one
     that exits (backoff doubling from `first_backoff_s` to `max_backoff_s`); stops
     them in reverse order. Every line it says, and every line of the children,
-    goes to `out` (default: stdout), prefixed by who said it."""
+    goes to `out` (default: stdout), prefixed by who said it. With `health_tls`
+    the health checks go over TLS (the stack's client certificate under mTLS)."""
 
     def __init__(
         self,
@@ -60,8 +62,10 @@ class Supervisor:
         out: Callable[[str], None] = _print,
         first_backoff_s: float = FIRST_BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,
+        health_tls: ChannelTLSSettings | None = None,
     ) -> None:
         self._specs = specs
+        self._health_tls = health_tls
         self._common_env = common_env or {}
         self._pretty = pretty
         self._out = out
@@ -110,6 +114,7 @@ class Supervisor:
                 exited=lambda: proc.returncode,
                 progress=note,
                 progress_every_s=PROGRESS_EVERY_S,
+                tls=self._health_tls,
             )
         except Exited as exc:
             raise RuntimeError(f"{spec.name} exited with code {exc.code} while starting") from None

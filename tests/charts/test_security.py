@@ -43,7 +43,7 @@ from tests.charts.helm import (
 
 MOUNT = "/etc/atalaya/tls"
 #: The settings names the services read (services/common/settings.py, the gateway's auth).
-SERVER_TLS = ("CERT_FILE", "KEY_FILE", "CA_FILE", "REQUIRE_CLIENT_CERT")
+SERVER_TLS = ("MODE", "CERT_FILE", "KEY_FILE", "CA_FILE")
 CLIENT_TLS = ("CA_FILE", "CERT_FILE", "KEY_FILE", "SERVER_NAME")
 AUTH = {
     "MODE",
@@ -53,7 +53,7 @@ AUTH = {
     "JWKS_FILE",
     "TENANT_CLAIM",
     "USER_CLAIM",
-    "SCOPES_CLAIM",
+    "SCOPE_CLAIMS",
     "LEEWAY_S",
     "API_KEYS_FILE",
 }
@@ -99,14 +99,14 @@ def test_tls_and_mtls_as_the_profile_says(profile: str) -> None:
             continue
         mutual = profile in MUTUAL
         prefix = f"ATALAYA_{name.upper()}_TLS__"
-        expected = SERVER_TLS if mutual else ("CERT_FILE", "KEY_FILE")
+        expected = SERVER_TLS if mutual else ("MODE", "CERT_FILE", "KEY_FILE")
         assert server == {prefix + k for k in expected}, name
         assert data[prefix + "CERT_FILE"] == f"{MOUNT}/tls.crt"
         assert data[prefix + "KEY_FILE"] == f"{MOUNT}/tls.key"
-        if mutual:
-            # Backends require client certificates; the gateway's clients use tokens.
-            required = data[prefix + "REQUIRE_CLIENT_CERT"]
-            assert required == ("false" if name == "gateway" else "true"), name
+        # Backends require client certificates; the gateway's clients use tokens.
+        mode = "mtls" if mutual and name != "gateway" else "tls"
+        assert data[prefix + "MODE"] == mode, name
+        assert data[f"ATALAYA_{name.upper()}_PEERS__TRUST_DOMAIN"] == "cluster.local", name
         assert data[f"ATALAYA_{name.upper()}_HEALTH_PORT"] == "9465"
 
 
@@ -292,7 +292,7 @@ def test_oidc_and_api_keys_settings_point_at_values_and_mounted_files() -> None:
         "JWKS_URL": "https://id.example.com/realms/atalaya/protocol/openid-connect/certs",
         "TENANT_CLAIM": "org",
         "USER_CLAIM": "sub",
-        "SCOPES_CLAIM": "scope",
+        "SCOPE_CLAIMS": '["scope"]',
         "LEEWAY_S": "30",
         "API_KEYS_FILE": "/etc/atalaya/auth/api-keys/api-keys",
     }

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.channel import channel_options, service_config
-from services.common.settings import ChannelSettings
+from services.common.settings import ChannelSettings, ChannelTLSSettings
 
 
 def test_round_robin_is_always_configured() -> None:
@@ -77,3 +77,17 @@ def test_small_backoffs_are_still_valid_proto_durations() -> None:
     policy = service_config(settings)["methodConfig"][0]["retryPolicy"]
     assert DURATION.match(policy["initialBackoff"]), policy["initialBackoff"]
     assert DURATION.match(policy["maxBackoff"]), policy["maxBackoff"]
+
+
+def test_tls_server_name_becomes_the_name_checked_in_the_certificate() -> None:
+    named = ChannelSettings(
+        target="10.0.0.7:50055",
+        tls=ChannelTLSSettings(enabled=True, server_name="memory.prod.svc"),
+    )
+    assert ("grpc.ssl_target_name_override", "memory.prod.svc") in channel_options(named)
+    for settings in (
+        ChannelSettings(target="x:1"),
+        ChannelSettings(target="x:1", tls=ChannelTLSSettings(enabled=True)),
+        ChannelSettings(target="x:1", tls=ChannelTLSSettings(server_name="ignored when off")),
+    ):
+        assert all(key != "grpc.ssl_target_name_override" for key, _ in channel_options(settings))

@@ -1,9 +1,12 @@
 """The server runner over a real channel: domain errors -> status codes, unknown
-errors -> a generic INTERNAL, health during start and readiness, reflection."""
+errors -> a generic INTERNAL, health during start and readiness, reflection, and
+the authenticator that runs before every handler (health and reflection open)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,10 +17,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from services.common import errors, identity
+from services.common.identity import AuthContext, Identity, Metadata
 from services.common.interceptors import INTERNAL_MESSAGE, status_for
 from services.common.server import ServerRunner, Service
 from services.common.settings import ServiceSettings
 from tests.support.polling import async_wait_until
+from tests.support.whoami import SERVICE as WHOAMI_SERVICE
+from tests.support.whoami import WHO, WhoAmIService, who
+from tests.support.whoami import WHO_STREAM as WHOAMI_STREAM
 
 SERVICE = "atalaya.probe.v1.ProbeService"
 RAISE = f"/{SERVICE}/Raise"
@@ -392,3 +399,91 @@ async def test_without_an_authenticator_handlers_run_as_anonymous(
 ) -> None:
     _, channel = probe
     assert await channel.unary_unary(WHOAMI)(b"", timeout=5) == b"default//none"
+
+
+# -- authentication -----------------------------------------------------------
+
+
+class ListAuthenticator:
+    """Refuses with `refusal` (when set), else answers `identity`; records calls."""
+
+    def __init__(self, refusal: errors.AtalayaError | None = None) -> None:
+        self.refusal = refusal
+        self.identity = Identity("acme", "ana", frozenset({"atalaya:chat"}), "jwt")
+        self.calls: list[tuple[str, dict[str, str], str]] = []
+
+    async def authenticate(
+        self, method: str, metadata: Metadata, auth_context: AuthContext
+    ) -> Identity:
+        security = b"".join(auth_context.get("transport_security_type", ())).decode()
+        self.calls.append((method, {k: str(v) for k, v in metadata}, security))
+        if self.refusal is not None:
+            raise self.refusal
+        return self.identity
+
+
+@contextlib.asynccontextmanager
+async def whoami_server(
+    authenticator: ListAuthenticator,
+) -> AsyncIterator[tuple[WhoAmIService, grpc.aio.Channel]]:
+    service = WhoAmIService()
+    async with (
+        ServerRunner(service, probe_settings(), authenticator=authenticator).running() as runner,
+        grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel,
+    ):
+        yield service, channel
+
+
+async def test_the_handler_runs_as_the_authenticated_identity() -> None:
+    auth = ListAuthenticator()
+    async with whoami_server(auth) as (_, channel):
+        answer = await who(channel, metadata=(("authorization", "Bearer t0k"),))
+        streamed = [
+            json.loads(item) async for item in channel.unary_stream(WHOAMI_STREAM)(b"", timeout=5)
+        ]
+    expected = {"tenant": "acme", "user": "ana", "scopes": ["atalaya:chat"], "method": "jwt"}
+    assert {k: answer[k] for k in expected} == expected
+    assert [{k: s[k] for k in expected} for s in streamed] == [expected, expected]
+    method, metadata, security = auth.calls[0]
+    assert method == WHO
+    assert metadata["authorization"] == "Bearer t0k"
+    assert security == "insecure"
+    assert [m for m, _, _ in auth.calls] == [WHO, WHOAMI_STREAM]
+    assert identity.current() == identity.ANONYMOUS  # nothing leaks out of the RPC
+
+
+@pytest.mark.parametrize(
+    ("refusal", "code"),
+    [
+        (errors.Unauthenticated("authentication required"), grpc.StatusCode.UNAUTHENTICATED),
+        (errors.PermissionDenied("gateway may not call x"), grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+async def test_a_refused_caller_gets_its_code_and_the_handler_never_runs(
+    refusal: errors.AtalayaError, code: grpc.StatusCode
+) -> None:
+    async with whoami_server(ListAuthenticator(refusal)) as (service, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await who(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as stream:
+            async for _ in channel.unary_stream(WHOAMI_STREAM)(b"", timeout=5):
+                pass
+        assert await health(channel) == SERVING  # health stays open
+        reflection_stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        replies = [r async for r in reflection_stub.ServerReflectionInfo(iter([request]))]
+    assert unary.value.code() == stream.value.code() == code
+    assert unary.value.details() == str(refusal)
+    assert service.handled == 0
+    assert WHOAMI_SERVICE in {s.name for s in replies[0].list_services_response.service}
+
+
+async def test_without_an_authenticator_of_its_own_a_service_runs_as_anonymous() -> None:
+    service = WhoAmIService()
+    async with (
+        ServerRunner(service, probe_settings()).running() as runner,
+        grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel,
+    ):
+        answer = await who(channel)
+    assert (answer["tenant"], answer["user"], answer["method"]) == ("default", "", "none")
+    assert answer["scopes"] == [identity.ON_BEHALF_SCOPE]

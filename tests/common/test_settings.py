@@ -4,13 +4,23 @@ read them: prefixes, nested channel settings, readable errors."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from services.common import topology
-from services.common.settings import ServiceSettings, SettingsError, load_settings
+from services.common.settings import (
+    ChannelSettings,
+    ChannelTLSSettings,
+    ServiceSettings,
+    SettingsError,
+    load_settings,
+)
 from services.embedding.config import DEFAULT_PORT as EMBEDDING_PORT
 from services.embedding.config import EmbeddingSettings
+from services.gateway.config import GatewaySettings
+from services.generation.config import GenerationSettings
+from services.guardrail.config import GuardrailSettings
 from services.memory.config import DEFAULT_PORT as MEMORY_PORT
 from services.memory.config import MemorySettings
 
@@ -115,3 +125,63 @@ def test_settings_are_frozen() -> None:
     settings = EmbeddingSettings(port=0)
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1  # type: ignore[misc]
+
+
+SERVICE_SETTINGS = [
+    ("embedding", EmbeddingSettings),
+    ("memory", MemorySettings),
+    ("gateway", GatewaySettings),
+    ("guardrail", GuardrailSettings),
+    ("generation", GenerationSettings),
+]
+
+
+@pytest.mark.parametrize(("name", "cls"), SERVICE_SETTINGS)
+def test_every_service_reads_its_tls_and_peer_settings(
+    monkeypatch: pytest.MonkeyPatch, name: str, cls: type[ServiceSettings]
+) -> None:
+    prefix = topology.service(name).env_prefix
+    monkeypatch.setenv(f"{prefix}TLS__MODE", "mtls")
+    monkeypatch.setenv(f"{prefix}TLS__CERT_FILE", "/tls/svc.pem")
+    monkeypatch.setenv(f"{prefix}TLS__KEY_FILE", "/tls/svc.key")
+    monkeypatch.setenv(f"{prefix}TLS__CA_FILE", "/tls/ca.pem")
+    monkeypatch.setenv(f"{prefix}PEERS__ADMIN_CALLERS", '["operator"]')
+    monkeypatch.setenv(f"{prefix}HEALTH_PORT", "8081")
+
+    settings = load_settings(cls)
+
+    assert settings.tls.mode == "mtls" and settings.tls.ca_file == Path("/tls/ca.pem")
+    assert settings.peers.admin_callers == ("operator",)
+    assert settings.health_port == 8081
+    channels = [v for v in dict(settings).values() if isinstance(v, ChannelSettings)]
+    assert len(channels) == len(topology.service(name).calls)  # one per upstream
+    for channel in channels:  # a service's channels show its certificate, trust its CA
+        assert channel.tls == ChannelTLSSettings(
+            enabled=True,
+            ca_file=Path("/tls/ca.pem"),
+            cert_file=Path("/tls/svc.pem"),
+            key_file=Path("/tls/svc.key"),
+        )
+
+
+def test_tls_is_off_by_default_and_a_channel_can_set_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plain = load_settings(GatewaySettings)
+    assert plain.tls.mode == "off" and plain.health_port is None
+    assert plain.memory.tls == ChannelTLSSettings(enabled=False)
+
+    monkeypatch.setenv("ATALAYA_GATEWAY_MEMORY__TLS__ENABLED", "true")
+    monkeypatch.setenv("ATALAYA_GATEWAY_MEMORY__TLS__SERVER_NAME", "memory.prod.svc")
+    settings = load_settings(GatewaySettings)
+    assert settings.memory.tls == ChannelTLSSettings(enabled=True, server_name="memory.prod.svc")
+    assert settings.generation.tls == ChannelTLSSettings(enabled=False)
+
+
+def test_tls_settings_without_their_files_stop_the_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ATALAYA_MEMORY_TLS__MODE", "mtls")
+    monkeypatch.setenv("ATALAYA_MEMORY_TLS__CERT_FILE", "/tls/svc.pem")
+    with pytest.raises(SettingsError, match=r"ATALAYA_MEMORY_TLS: .*needs cert_file and key_file"):
+        load_settings(MemorySettings)

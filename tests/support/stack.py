@@ -21,13 +21,19 @@ BASE_ENV: dict[str, dict[str, str]] = {
 
 @contextlib.contextmanager
 def running_stack(
-    state: Path, env: Mapping[str, Mapping[str, str]] | None = None, start_timeout_s: float = 400
+    state: Path,
+    env: Mapping[str, Mapping[str, str]] | None = None,
+    start_timeout_s: float = 400,
+    security: str = "off",
 ) -> Iterator[Stack]:
     """Every service and the trace receiver, until the block ends. `env` adds or
-    replaces settings per service (see BASE_ENV)."""
+    replaces settings per service (see BASE_ENV); `security` is "off", "tls" or
+    "mtls" (certificates of the stack's local CA; the stack's `tls` is the client's)."""
     env = env or {}
     settings = {name: {**BASE_ENV.get(name, {}), **env.get(name, {})} for name in {*BASE_ENV, *env}}
-    stack = start_stack(state, settings, log=state / "stack.log", timeout_s=start_timeout_s)
+    stack = start_stack(
+        state, settings, log=state / "stack.log", timeout_s=start_timeout_s, security=security
+    )
     try:
         yield stack
     finally:

@@ -253,12 +253,13 @@ component. */}}
 {{/*
 The security settings of one service, as a JSON map of environment variables: the one place
 they are written.
-  server   ATALAYA_<SVC>_TLS__CERT_FILE, __KEY_FILE, __CA_FILE, __REQUIRE_CLIENT_CERT, and
+  server   ATALAYA_<SVC>_TLS__MODE (tls, or mtls for the backends), __CERT_FILE, __KEY_FILE,
+           __CA_FILE, ATALAYA_<SVC>_PEERS__TRUST_DOMAIN (the SPIFFE IDs' trust domain) and
            ATALAYA_<SVC>_HEALTH_PORT (plaintext grpc.health.v1 for the kubelet's probes)
   clients  per callee of callGraph: ATALAYA_<SVC>_<CALLEE>__TLS__CA_FILE, __SERVER_NAME,
            __CERT_FILE, __KEY_FILE
   gateway  ATALAYA_GATEWAY_AUTH__MODE, __ISSUER, __AUDIENCE, __JWKS_URL, __JWKS_FILE,
-           __TENANT_CLAIM, __USER_CLAIM, __SCOPES_CLAIM, __LEEWAY_S, __API_KEYS_FILE
+           __TENANT_CLAIM, __USER_CLAIM, __SCOPE_CLAIMS (a JSON list), __LEEWAY_S, __API_KEYS_FILE
 Context: dict root, component.
 */}}
 {{- define "atalaya.securityEnv" -}}
@@ -272,9 +273,12 @@ Context: dict root, component.
 {{- $_ := set $env (printf "%sHEALTH_PORT" $prefix) (toString $v.tls.healthPort) -}}
 {{- $_ := set $env (printf "%sTLS__CERT_FILE" $prefix) $crt -}}
 {{- $_ := set $env (printf "%sTLS__KEY_FILE" $prefix) $key -}}
+{{- /* mTLS between services; the gateway's own clients use tokens, not certificates. */ -}}
+{{- $mutual := and $v.tls.mutual (ne .component "gateway") -}}
+{{- $_ := set $env (printf "%sTLS__MODE" $prefix) (ternary "mtls" "tls" $mutual) -}}
+{{- $_ := set $env (printf "%sPEERS__TRUST_DOMAIN" $prefix) $v.tls.trustDomain -}}
 {{- if $v.tls.mutual -}}
 {{- $_ := set $env (printf "%sTLS__CA_FILE" $prefix) $ca -}}
-{{- $_ := set $env (printf "%sTLS__REQUIRE_CLIENT_CERT" $prefix) (ne .component "gateway" | toString) -}}
 {{- end -}}
 {{- range $edge := (include "atalaya.edges" .root | fromJson).edges -}}
 {{- if and (eq $edge.from $.component) (hasKey $v.services $edge.to) -}}
@@ -299,7 +303,7 @@ Context: dict root, component.
 {{- $_ := set $env (printf "%sAUDIENCE" $p) .audience -}}
 {{- $_ := set $env (printf "%sTENANT_CLAIM" $p) .tenantClaim -}}
 {{- $_ := set $env (printf "%sUSER_CLAIM" $p) .userClaim -}}
-{{- $_ := set $env (printf "%sSCOPES_CLAIM" $p) .scopesClaim -}}
+{{- $_ := set $env (printf "%sSCOPE_CLAIMS" $p) (list .scopesClaim | toJson) -}}
 {{- $_ := set $env (printf "%sLEEWAY_S" $p) (toString .leewaySeconds) -}}
 {{- if .jwksUrl -}}
 {{- $_ := set $env (printf "%sJWKS_URL" $p) .jwksUrl -}}
