@@ -24,6 +24,7 @@ from services.common.errors import FailedPrecondition
 from services.common.server import ServerRunner
 from services.memory.config import MemorySettings
 from services.memory.server import build
+from services.memory.store import migration_files
 from tests.support.fakes import DIM, HashEmbedder, hashed_vector
 
 TABLES = ("sessions", "turns", "memories", "feedback")
@@ -605,7 +606,7 @@ async def test_a_second_service_does_not_migrate_again(fresh_dsn: str) -> None:
     async with serve(fresh_dsn) as first:
         await turn(first.client, "ana", "s1", "t0")
     migrations = await query(fresh_dsn, "SELECT version, applied_at FROM schema_migrations")
-    assert [v for v, _ in migrations] == [1]
+    assert [v for v, _ in migrations] == [v for v, _ in migration_files()] == [1, 2]
 
     async with serve(fresh_dsn) as second:
         history = await second.client.get_history(user_id="ana", session_id="s1")
