@@ -59,10 +59,17 @@ class RecallResult:
     search_s: float
 
 
+def usable_tenant(caller: Identity) -> None:
+    """The caller's tenant keys its rows: an identifier like the others (it comes
+    from credentials or a forwarding peer, so it is checked like a request's)."""
+    require_id("tenant", caller.tenant)
+
+
 def may_act_for(caller: Identity, user_id: str) -> None:
     """Reads and writes of a user's data: that user, or a caller that may name its
     users (admin or on-behalf-of scope; the anonymous caller of a deployment with
     authentication off holds on-behalf-of)."""
+    usable_tenant(caller)
     if not caller.may_act_for(user_id):
         raise PermissionDenied("not allowed to act for this user")
 
@@ -72,6 +79,7 @@ def may_erase(caller: Identity, user_id: str) -> None:
     (a service acting for its users reads and writes for them, it does not erase
     them), but for the anonymous caller of a deployment with authentication off,
     which may do everything it did before identities existed."""
+    usable_tenant(caller)
     if not (caller.user == user_id or caller.is_admin or caller == ANONYMOUS):
         raise PermissionDenied("erasure needs the user's own identity or the admin scope")
 
@@ -79,12 +87,14 @@ def may_erase(caller: Identity, user_id: str) -> None:
 def may_export(caller: Identity, user_id: str | None) -> None:
     """Feedback export: an admin (the tenant's feedback, or one user's), or a user
     exporting their own; the anonymous caller as before."""
+    usable_tenant(caller)
     own = user_id is not None and caller.user == user_id
     if not (own or caller.is_admin or caller == ANONYMOUS):
         raise PermissionDenied("export needs the admin scope or the user's own identity")
 
 
 def may_erase_tenant(caller: Identity) -> None:
+    usable_tenant(caller)
     if not caller.is_admin:
         raise PermissionDenied("erasing a tenant needs the admin scope")
 

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 from services.common.chat import ChatMessage
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.identity import ANONYMOUS, DEFAULT_TENANT
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.identity import (
+    ADMIN_SCOPE,
+    ANONYMOUS,
+    DEFAULT_TENANT,
+    ON_BEHALF_SCOPE,
+    Identity,
+)
 from services.memory.config import MemorySettings
 from services.memory.core import MemoryCore
 from services.memory.domain import NewMemory
@@ -434,3 +440,184 @@ async def test_ready_follows_the_store(core: MemoryCore, store: InMemoryStore) -
     assert await core.ready()
     store.up = False
     assert not await core.ready()
+
+
+# --- tenants and authorization ----------------------------------------------------
+
+ANA = Identity("acme", "ana")
+APP = Identity("acme", "", frozenset({ON_BEHALF_SCOPE}))
+ADMIN = Identity("acme", "ops", frozenset({ADMIN_SCOPE}))
+ANA_GLOBEX = Identity("globex", "ana")
+
+
+async def test_the_callers_tenant_keys_every_row(core: MemoryCore, store: InMemoryStore) -> None:
+    for caller in (ANA, ANA_GLOBEX, ANONYMOUS):
+        await core.append_turn(
+            caller=caller,
+            user_id="ana",
+            session_id="s1",
+            request_id="t1",
+            messages=HELLO,
+            metadata={},
+        )
+        await core.remember(
+            caller=caller, user_id="ana", request_id="m1", memories=[NewMemory("x")]
+        )
+    assert sorted(store.turns) == [
+        ("acme", "ana", "s1"),
+        (DEFAULT_TENANT, "ana", "s1"),
+        ("globex", "ana", "s1"),
+    ]
+    assert sorted(store.memories) == [("acme", "ana"), (DEFAULT_TENANT, "ana"), ("globex", "ana")]
+    erased = await core.forget_tenant(caller=ADMIN, confirm_tenant="acme")
+    assert (erased.sessions, erased.turns, erased.memories) == (1, 1, 1)
+    assert sorted(store.turns) == [(DEFAULT_TENANT, "ana", "s1"), ("globex", "ana", "s1")]
+    with pytest.raises(NotFound):
+        await core.history(caller=ANA, user_id="ana", session_id="s1", last_n_turns=0)
+
+
+@pytest.mark.parametrize(
+    ("caller", "allowed"),
+    [
+        (ANA, True),  # herself
+        (Identity("acme", "bob"), False),  # another user
+        (APP, True),  # on behalf of its users
+        (ADMIN, True),
+        (ANONYMOUS, True),  # authentication off: as before
+    ],
+)
+async def test_who_may_read_and_write_a_users_data(
+    core: MemoryCore, store: InMemoryStore, caller: Identity, allowed: bool
+) -> None:
+    calls = [
+        core.append_turn(
+            caller=caller,
+            user_id="ana",
+            session_id="s1",
+            request_id="t1",
+            messages=HELLO,
+            metadata={},
+        ),
+        core.remember(caller=caller, user_id="ana", request_id="m1", memories=[NewMemory("x")]),
+        core.recall(caller=caller, user_id="ana", k=1, text="x"),
+        core.history(caller=caller, user_id="ana", session_id="s1", last_n_turns=0),
+        core.record_feedback(
+            caller=caller, user_id="ana", turn_request_id="t1", score=1.0, comment=""
+        ),
+    ]
+    for call in calls:
+        if allowed:
+            await call
+        else:
+            with pytest.raises(PermissionDenied, match="not allowed to act for this user"):
+                await call
+    assert bool(store.turns) == allowed
+
+
+@pytest.mark.parametrize(
+    ("caller", "allowed"),
+    [
+        (ANA, True),
+        (Identity("acme", "bob"), False),
+        (APP, False),  # on-behalf-of is not enough for erasure
+        (ADMIN, True),
+        (ANONYMOUS, True),
+    ],
+)
+async def test_who_may_erase_a_user(
+    core: MemoryCore, store: InMemoryStore, caller: Identity, allowed: bool
+) -> None:
+    for session in ("s1", "s2"):
+        await core.append_turn(
+            caller=caller if allowed else APP,
+            user_id="ana",
+            session_id=session,
+            request_id="t1",
+            messages=HELLO,
+            metadata={},
+        )
+    for forget in (
+        core.forget(caller=caller, user_id="ana", session_id="s1"),
+        core.forget(caller=caller, user_id="ana"),
+    ):
+        if allowed:
+            await forget
+        else:
+            with pytest.raises(PermissionDenied, match="erasure needs the user's own identity"):
+                await forget
+    assert len(store.turns) == (0 if allowed else 2)
+
+
+@pytest.mark.parametrize(
+    ("caller", "user_id", "allowed"),
+    [
+        (ANA, "ana", True),  # her own
+        (ANA, None, False),  # everyone's
+        (ANA, "bob", False),
+        (APP, "ana", False),
+        (APP, None, False),
+        (ADMIN, None, True),
+        (ADMIN, "bob", True),
+        (ANONYMOUS, None, True),
+    ],
+)
+async def test_who_may_export_feedback(
+    core: MemoryCore, caller: Identity, user_id: str | None, allowed: bool
+) -> None:
+    for user in ("ana", "bob"):
+        await core.append_turn(
+            caller=APP, user_id=user, session_id="s1", request_id="t1", messages=HELLO, metadata={}
+        )
+        await core.record_feedback(
+            caller=APP, user_id=user, turn_request_id="t1", score=1.0, comment=""
+        )
+    if not allowed:
+        with pytest.raises(PermissionDenied, match="export needs the admin scope"):
+            core.export_feedback(caller=caller, since=None, user_id=user_id, include_messages=False)
+        return
+    records = core.export_feedback(
+        caller=caller, since=None, user_id=user_id, include_messages=False
+    )
+    users = sorted([r.user_id async for r in records])
+    expected = {None: ["ana", "bob"], "ana": ["ana"], "bob": ["bob"]}[user_id]
+    assert users == (expected if caller.tenant == "acme" else [])
+
+
+@pytest.mark.parametrize("caller", [ANA, APP, ANONYMOUS, Identity("acme", "", frozenset())])
+async def test_erasing_a_tenant_needs_the_admin_scope(
+    core: MemoryCore, store: InMemoryStore, caller: Identity
+) -> None:
+    await append(core)
+    with pytest.raises(PermissionDenied, match="erasing a tenant needs the admin scope"):
+        await core.forget_tenant(caller=caller, confirm_tenant=caller.tenant)
+    assert store.turns
+
+
+async def test_erasing_a_tenant_must_name_the_callers_own(
+    core: MemoryCore, store: InMemoryStore
+) -> None:
+    await core.append_turn(
+        caller=ADMIN, user_id="ana", session_id="s1", request_id="t1", messages=HELLO, metadata={}
+    )
+    for wrong in ("globex", "", "ACME"):
+        with pytest.raises(InvalidArgument, match="confirm_tenant must name the caller's tenant"):
+            await core.forget_tenant(caller=ADMIN, confirm_tenant=wrong)
+    assert list(store.turns) == [("acme", "ana", "s1")]
+
+
+async def test_a_tenant_that_is_no_usable_identifier_is_invalid(
+    core: MemoryCore, store: InMemoryStore
+) -> None:
+    long = Identity("t" * 129, "ana")
+    with pytest.raises(InvalidArgument, match="tenant is longer than 128 characters"):
+        await core.append_turn(
+            caller=long,
+            user_id="ana",
+            session_id="s1",
+            request_id="t1",
+            messages=HELLO,
+            metadata={},
+        )
+    with pytest.raises(InvalidArgument, match="tenant contains non-printable characters"):
+        await core.recall(caller=Identity("a\nb", "ana"), user_id="ana", k=1, text="x")
+    assert store.turns == {}

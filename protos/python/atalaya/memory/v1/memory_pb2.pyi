@@ -20,7 +20,8 @@ Erasure and export ask more; see Forget, ForgetTenant and ExportFeedback.
 
 Common status codes, in addition to those listed per RPC:
   INVALID_ARGUMENT   a required field is missing or a limit is exceeded; the
-                     message names the field and the limit.
+                     message names the field and the limit. Also: the caller's
+                     tenant is not an identifier of 1 to 128 characters.
   PERMISSION_DENIED  the caller may not act for the user_id it names (or, per
                      RPC, may not erase or export); nothing was read or written.
   UNAUTHENTICATED    the caller's credentials are missing or invalid (when the
