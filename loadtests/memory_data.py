@@ -14,12 +14,15 @@ import numpy.typing as npt
 
 from loadtests.figures import progress
 from loadtests.local_model import Floats
+from services.common.identity import DEFAULT_TENANT
 from services.memory.config import MemorySettings
 
 if TYPE_CHECKING:
     import psycopg  # the memory extra's driver, imported where used
 
 USER_ID = "bench-user"
+#: The bench recalls with no credentials: as the default tenant's user.
+TENANT = DEFAULT_TENANT
 RECALL_K = 10
 
 
@@ -123,13 +126,14 @@ def _copy_rows(
     with (
         conn.cursor() as cur,
         cur.copy(
-            "COPY memories (memory_id, user_id, request_id, position, text, embedding)"
+            "COPY memories (memory_id, tenant, user_id, request_id, position, text, embedding)"
             " FROM STDIN WITH (FORMAT BINARY)"
         ) as copy,
     ):
-        copy.set_types(["uuid", "text", "text", "int4", "text", "vector"])
+        copy.set_types(["uuid", "text", "text", "text", "int4", "text", "vector"])
         for n, (memory_id, text) in enumerate(zip(ids, data.texts, strict=True)):
-            copy.write_row((memory_id, USER_ID, f"bench-{n // 64}", n % 64, text, data.vectors[n]))
+            row = (memory_id, TENANT, USER_ID, f"bench-{n // 64}", n % 64, text, data.vectors[n])
+            copy.write_row(row)
 
 
 def load_memories(dsn: str, data: SyntheticMemories) -> LoadReport:
@@ -159,8 +163,8 @@ def load_memories(dsn: str, data: SyntheticMemories) -> LoadReport:
         conn.execute(index_definition.encode())
         index_s = time.perf_counter() - started
         conn.execute(
-            "INSERT INTO user_memory_stats (user_id, memories) VALUES (%s, %s)",
-            (USER_ID, len(ids)),
+            "INSERT INTO user_memory_stats (tenant, user_id, memories) VALUES (%s, %s, %s)",
+            (TENANT, USER_ID, len(ids)),
         )
         conn.execute("ANALYZE memories")
         shared = conn.execute("SHOW shared_buffers").fetchone()
@@ -182,8 +186,8 @@ def hnsw_plan_uses_index(dsn: str, query: Floats) -> bool:
         register_vector(conn)
         rows = conn.execute(
             "EXPLAIN SELECT memory_id, text, metadata, session_id, created_at,"
-            " embedding <=> %s AS distance FROM memories WHERE user_id = %s"
+            " embedding <=> %s AS distance FROM memories WHERE tenant = %s AND user_id = %s"
             " ORDER BY 6 LIMIT %s",
-            (query, USER_ID, RECALL_K),
+            (query, TENANT, USER_ID, RECALL_K),
         ).fetchall()
     return any("memories_embedding" in str(r[0]) for r in rows)

@@ -108,6 +108,16 @@ class MemoryClient(BaseClient):
             timeout=self._timeout(timeout),
         )
 
+    async def forget_tenant(
+        self, confirm_tenant: str, *, timeout: float | None = None
+    ) -> memory_pb2.ForgetResponse:
+        """Erase every row of the caller's tenant (needs the admin scope); the
+        tenant is the caller's own, `confirm_tenant` spells it out."""
+        return await self._stub.ForgetTenant(
+            memory_pb2.ForgetTenantRequest(confirm_tenant=confirm_tenant),
+            timeout=self._timeout(timeout),
+        )
+
     async def record_feedback(
         self,
         *,

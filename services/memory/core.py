@@ -1,5 +1,7 @@
-"""Memory core: validation, idempotency and the Recall pipeline. No gRPC, no SQL:
-the store and the embedder arrive through the constructor."""
+"""Memory core: authorization, validation, idempotency and the Recall pipeline. No
+gRPC, no SQL: the store and the embedder arrive through the constructor, the
+caller's identity with each call (its tenant scopes everything the call reads or
+writes; a request body never names a tenant)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,13 @@ import numpy as np
 from services.common import semconv
 from services.common.chat import ChatMessage
 from services.common.embedder import Embedder, Vector
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from services.common.identity import ANONYMOUS, Identity
 from services.common.telemetry import tracer
 from services.common.validation import (
     require_count,
@@ -51,6 +59,46 @@ class RecallResult:
     search_s: float
 
 
+def usable_tenant(caller: Identity) -> None:
+    """The caller's tenant keys its rows: an identifier like the others (it comes
+    from credentials or a forwarding peer, so it is checked like a request's)."""
+    require_id("tenant", caller.tenant)
+
+
+def may_act_for(caller: Identity, user_id: str) -> None:
+    """Reads and writes of a user's data: that user, or a caller that may name its
+    users (admin or on-behalf-of scope; the anonymous caller of a deployment with
+    authentication off holds on-behalf-of)."""
+    usable_tenant(caller)
+    if not caller.may_act_for(user_id):
+        raise PermissionDenied("not allowed to act for this user")
+
+
+def may_erase(caller: Identity, user_id: str) -> None:
+    """Erasure of a user's data: that user or an admin. On-behalf-of is not enough
+    (a service acting for its users reads and writes for them, it does not erase
+    them), but for the anonymous caller of a deployment with authentication off,
+    which may do everything it did before identities existed."""
+    usable_tenant(caller)
+    if not (caller.user == user_id or caller.is_admin or caller == ANONYMOUS):
+        raise PermissionDenied("erasure needs the user's own identity or the admin scope")
+
+
+def may_export(caller: Identity, user_id: str | None) -> None:
+    """Feedback export: an admin (the tenant's feedback, or one user's), or a user
+    exporting their own; the anonymous caller as before."""
+    usable_tenant(caller)
+    own = user_id is not None and caller.user == user_id
+    if not (own or caller.is_admin or caller == ANONYMOUS):
+        raise PermissionDenied("export needs the admin scope or the user's own identity")
+
+
+def may_erase_tenant(caller: Identity) -> None:
+    usable_tenant(caller)
+    if not caller.is_admin:
+        raise PermissionDenied("erasing a tenant needs the admin scope")
+
+
 class MemoryCore:
     def __init__(self, store: MemoryStore, embedder: Embedder, settings: MemorySettings) -> None:
         self._store = store
@@ -60,6 +108,7 @@ class MemoryCore:
     async def append_turn(
         self,
         *,
+        caller: Identity,
         user_id: str,
         session_id: str,
         request_id: str,
@@ -67,6 +116,7 @@ class MemoryCore:
         metadata: dict[str, str],
     ) -> AppendResult:
         require_id("user_id", user_id)
+        may_act_for(caller, user_id)
         require_id("session_id", session_id)
         require_id("request_id", request_id)
         require_messages(
@@ -76,22 +126,28 @@ class MemoryCore:
             max_chars=self._s.max_message_chars,
         )
         require_metadata("metadata", metadata)
-        return await self._store.append_turn(user_id, session_id, request_id, messages, metadata)
+        return await self._store.append_turn(
+            caller.tenant, user_id, session_id, request_id, messages=messages, metadata=metadata
+        )
 
-    async def history(self, *, user_id: str, session_id: str, last_n_turns: int) -> History:
+    async def history(
+        self, *, caller: Identity, user_id: str, session_id: str, last_n_turns: int
+    ) -> History:
         require_id("user_id", user_id)
+        may_act_for(caller, user_id)
         require_id("session_id", session_id)
         n = last_n_turns or self._s.default_history_turns
         require_range("last_n_turns", n, minimum=1, maximum=self._s.max_history_turns)
-        history = await self._store.history(user_id, session_id, n)
+        history = await self._store.history(caller.tenant, user_id, session_id, n)
         if history is None:
             raise NotFound("no such session for this user")
         return history
 
     async def remember(
-        self, *, user_id: str, request_id: str, memories: Sequence[NewMemory]
+        self, *, caller: Identity, user_id: str, request_id: str, memories: Sequence[NewMemory]
     ) -> RememberResult:
         require_id("user_id", user_id)
+        may_act_for(caller, user_id)
         require_id("request_id", request_id)
         require_count("memories", memories, minimum=1, maximum=self._s.max_memories_per_call)
         for i, m in enumerate(memories):
@@ -102,17 +158,20 @@ class MemoryCore:
         with tracer().start_as_current_span(semconv.SPAN_MEMORY_REMEMBER) as span:
             span.set_attribute(semconv.ATALAYA_TEXT_COUNT, len(memories))
             started = time.perf_counter()
-            existing = await self._store.memory_ids_for_request(user_id, request_id)
+            existing = await self._store.memory_ids_for_request(caller.tenant, user_id, request_id)
             if existing:  # a retry of a Remember that was stored already
                 return RememberResult(existing, 0, 0.0, time.perf_counter() - started)
             vectors, tokens = await self._embed([m.text for m in memories])
             embedded = time.perf_counter()
-            ids = await self._store.add_memories(user_id, request_id, memories, vectors)
+            ids = await self._store.add_memories(
+                caller.tenant, user_id, request_id, memories, vectors
+            )
             return RememberResult(ids, tokens, embedded - started, time.perf_counter() - embedded)
 
     async def recall(
         self,
         *,
+        caller: Identity,
         user_id: str,
         k: int,
         text: str | None = None,
@@ -120,6 +179,7 @@ class MemoryCore:
         min_score: float | None = None,
     ) -> RecallResult:
         require_id("user_id", user_id)
+        may_act_for(caller, user_id)
         require_range("k", k, minimum=1, maximum=self._s.max_recall_k)
         if min_score is not None:
             require_range("min_score", min_score, minimum=-1.0, maximum=1.0)
@@ -139,7 +199,7 @@ class MemoryCore:
                 query = self._query_vector(vector or [])
             embedded = time.perf_counter()
             with tracer().start_as_current_span(semconv.SPAN_MEMORY_SEARCH):
-                found = await self._store.search(user_id, query, k)
+                found = await self._store.search(caller.tenant, user_id, query, k)
             if min_score is not None:
                 found = [m for m in found if m.score >= min_score]
             span.set_attribute(semconv.ATALAYA_MEMORY_RESULTS, len(found))
@@ -165,33 +225,59 @@ class MemoryCore:
             )
         return vectors, tokens
 
-    async def forget(self, *, user_id: str, session_id: str | None = None) -> ForgetCounts:
+    async def forget(
+        self, *, caller: Identity, user_id: str, session_id: str | None = None
+    ) -> ForgetCounts:
         require_id("user_id", user_id)
+        may_erase(caller, user_id)
         if session_id is None:
-            return await self._store.forget_user(user_id)
+            return await self._store.forget_user(caller.tenant, user_id)
         require_id("session_id", session_id)
-        return await self._store.forget_session(user_id, session_id)
+        return await self._store.forget_session(caller.tenant, user_id, session_id)
+
+    async def forget_tenant(self, *, caller: Identity, confirm_tenant: str) -> ForgetCounts:
+        """Every row of the caller's tenant. `confirm_tenant` must spell it out."""
+        may_erase_tenant(caller)
+        if confirm_tenant != caller.tenant:
+            raise InvalidArgument("confirm_tenant must name the caller's tenant")
+        return await self._store.forget_tenant(caller.tenant)
 
     async def record_feedback(
-        self, *, user_id: str, turn_request_id: str, score: float | None, comment: str
+        self,
+        *,
+        caller: Identity,
+        user_id: str,
+        turn_request_id: str,
+        score: float | None,
+        comment: str,
     ) -> bool:
         require_id("user_id", user_id)
+        may_act_for(caller, user_id)
         require_id("turn_request_id", turn_request_id)
         if score is None:
             raise InvalidArgument("score is required")
         require_range("score", score, minimum=0.0, maximum=1.0)
         require_text("comment", comment, max_chars=self._s.max_comment_chars, allow_empty=True)
-        created = await self._store.record_feedback(user_id, turn_request_id, score, comment)
+        created = await self._store.record_feedback(
+            caller.tenant, user_id, turn_request_id, score, comment
+        )
         if created is None:
             raise NotFound("no turn with that request id for this user")
         return created
 
     def export_feedback(
-        self, *, since: datetime | None, user_id: str | None, include_messages: bool
+        self,
+        *,
+        caller: Identity,
+        since: datetime | None,
+        user_id: str | None,
+        include_messages: bool,
     ) -> AsyncIterator[FeedbackRecord]:
+        """The caller's tenant's feedback, or one user's."""
         if user_id is not None:
             require_id("user_id", user_id)
-        return self._store.export_feedback(since, user_id, include_messages)
+        may_export(caller, user_id)
+        return self._store.export_feedback(caller.tenant, since, user_id, include_messages)
 
     async def ready(self) -> bool:
         return await self._store.healthy()

@@ -74,54 +74,69 @@ class FeedbackRecord:
 
 
 class MemoryStore(abc.ABC):
-    """Durable storage. Every method is confined to the user it names. A method
-    returns only after its write is committed."""
+    """Durable storage. Every method is confined to the tenant it names and, but for
+    forget_tenant, to the user it names. A method returns only after its write is
+    committed."""
 
     @abc.abstractmethod
     async def append_turn(
         self,
+        tenant: str,
         user_id: str,
         session_id: str,
         request_id: str,
+        *,
         messages: Sequence[ChatMessage],
         metadata: dict[str, str],
     ) -> AppendResult: ...
 
     @abc.abstractmethod
-    async def history(self, user_id: str, session_id: str, last_n: int) -> History | None:
+    async def history(
+        self, tenant: str, user_id: str, session_id: str, last_n: int
+    ) -> History | None:
         """None when the user has no such session."""
 
     @abc.abstractmethod
-    async def memory_ids_for_request(self, user_id: str, request_id: str) -> list[str]:
+    async def memory_ids_for_request(self, tenant: str, user_id: str, request_id: str) -> list[str]:
         """Ids stored by an earlier Remember with this request id, in order."""
 
     @abc.abstractmethod
     async def add_memories(
-        self, user_id: str, request_id: str, memories: Sequence[NewMemory], vectors: Vector
+        self,
+        tenant: str,
+        user_id: str,
+        request_id: str,
+        memories: Sequence[NewMemory],
+        vectors: Vector,
     ) -> list[str]: ...
 
     @abc.abstractmethod
     async def search(
-        self, user_id: str, query: Vector, k: int, *, exact: bool | None = None
+        self, tenant: str, user_id: str, query: Vector, k: int, *, exact: bool | None = None
     ) -> list[Recalled]:
         """Top k by cosine similarity, best first. exact=None lets the store choose."""
 
     @abc.abstractmethod
-    async def forget_user(self, user_id: str) -> ForgetCounts: ...
+    async def forget_user(self, tenant: str, user_id: str) -> ForgetCounts: ...
 
     @abc.abstractmethod
-    async def forget_session(self, user_id: str, session_id: str) -> ForgetCounts: ...
+    async def forget_session(self, tenant: str, user_id: str, session_id: str) -> ForgetCounts: ...
+
+    @abc.abstractmethod
+    async def forget_tenant(self, tenant: str) -> ForgetCounts:
+        """Every row of the tenant, of every user."""
 
     @abc.abstractmethod
     async def record_feedback(
-        self, user_id: str, turn_request_id: str, score: float, comment: str
+        self, tenant: str, user_id: str, turn_request_id: str, score: float, comment: str
     ) -> bool | None:
         """True if new, False if it replaced earlier feedback, None if no such turn."""
 
     @abc.abstractmethod
     def export_feedback(
-        self, since: datetime | None, user_id: str | None, include_messages: bool
-    ) -> AsyncIterator[FeedbackRecord]: ...
+        self, tenant: str, since: datetime | None, user_id: str | None, include_messages: bool
+    ) -> AsyncIterator[FeedbackRecord]:
+        """The tenant's feedback, or one user's (user_id), oldest first."""
 
     @abc.abstractmethod
     async def healthy(self) -> bool: ...

@@ -1,4 +1,6 @@
-"""MemoryService servicer: proto <-> core, nothing else."""
+"""MemoryService servicer: proto <-> core, nothing else. The caller's identity
+(services.common.identity.current(), set for each RPC by the server's interceptor)
+goes to the core with each call."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from atalaya.common.v1 import common_pb2
 from atalaya.memory.v1 import memory_pb2, memory_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common import identity
 from services.common.validation import request_id_or_new
 from services.common.vocab import message_from_proto, message_to_proto
 from services.memory.core import MemoryCore
-from services.memory.domain import NewMemory, Recalled, SessionTurn
+from services.memory.domain import ForgetCounts, NewMemory, Recalled, SessionTurn
 
 
 def _timestamp(dt: datetime) -> Timestamp:
@@ -48,6 +51,18 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
+def _forgotten(request_id: str, counts: ForgetCounts, started: float) -> memory_pb2.ForgetResponse:
+    response = memory_pb2.ForgetResponse(
+        request_id=request_id,
+        deleted_sessions=counts.sessions,
+        deleted_turns=counts.turns,
+        deleted_memories=counts.memories,
+        deleted_feedback=counts.feedback,
+    )
+    response.timing.total_ms = _ms(started)
+    return response
+
+
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     def __init__(self, core: MemoryCore) -> None:
         self._core = core
@@ -57,6 +72,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.AppendTurnResponse:
         started = time.perf_counter()
         result = await self._core.append_turn(
+            caller=identity.current(),
             user_id=request.user_id,
             session_id=request.session_id,
             request_id=request.request_id,
@@ -75,6 +91,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         started = time.perf_counter()
         request_id = request_id_or_new(request.request_id)
         history = await self._core.history(
+            caller=identity.current(),
             user_id=request.user_id,
             session_id=request.session_id,
             last_n_turns=request.last_n_turns,
@@ -92,6 +109,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.RememberResponse:
         started = time.perf_counter()
         result = await self._core.remember(
+            caller=identity.current(),
             user_id=request.user_id,
             request_id=request.request_id,
             memories=[
@@ -116,6 +134,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         request_id = request_id_or_new(request.request_id)
         kind = request.WhichOneof("query")
         result = await self._core.recall(
+            caller=identity.current(),
             user_id=request.user_id,
             k=request.k,
             text=request.text if kind == "text" else None,
@@ -138,28 +157,34 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.ForgetResponse:
         started = time.perf_counter()
         request_id = request_id_or_new(request.request_id)
+        caller = identity.current()
         target = request.WhichOneof("target")
         if target == "session":
             counts = await self._core.forget(
-                user_id=request.session.user_id, session_id=request.session.session_id
+                caller=caller,
+                user_id=request.session.user_id,
+                session_id=request.session.session_id,
             )
         else:
-            counts = await self._core.forget(user_id=request.user_id)
-        response = memory_pb2.ForgetResponse(
-            request_id=request_id,
-            deleted_sessions=counts.sessions,
-            deleted_turns=counts.turns,
-            deleted_memories=counts.memories,
-            deleted_feedback=counts.feedback,
+            counts = await self._core.forget(caller=caller, user_id=request.user_id)
+        return _forgotten(request_id, counts, started)
+
+    async def ForgetTenant(
+        self, request: memory_pb2.ForgetTenantRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ForgetResponse:
+        started = time.perf_counter()
+        request_id = request_id_or_new(request.request_id)
+        counts = await self._core.forget_tenant(
+            caller=identity.current(), confirm_tenant=request.confirm_tenant
         )
-        response.timing.total_ms = _ms(started)
-        return response
+        return _forgotten(request_id, counts, started)
 
     async def RecordFeedback(
         self, request: memory_pb2.RecordFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> memory_pb2.RecordFeedbackResponse:
         request_id = request_id_or_new(request.request_id)
         created = await self._core.record_feedback(
+            caller=identity.current(),
             user_id=request.user_id,
             turn_request_id=request.turn_request_id,
             score=request.score if request.HasField("score") else None,
@@ -172,6 +197,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> AsyncIterator[memory_pb2.FeedbackRecord]:
         since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
         records = self._core.export_feedback(
+            caller=identity.current(),
             since=since,
             user_id=request.user_id or None,
             include_messages=request.include_messages,

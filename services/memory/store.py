@@ -3,7 +3,16 @@
 Connection failures become Unavailable (UNAVAILABLE to clients), statement
 timeouts DeadlineExceeded; every write is one transaction, committed before the
 method returns. Schema changes are numbered SQL files in migrations/, applied at
-start under an advisory lock so several replicas can start at once."""
+start under an advisory lock so several replicas can start at once.
+
+Tenants: every query runs in a transaction that names its tenant in the setting
+`atalaya.tenant` (set_config(..., true): for that transaction only, so a pooled
+connection carries nothing over), and every statement also filters by tenant. The
+tables' row-level security policies (migration 0002) hide and refuse other
+tenants' rows, so a statement that forgets its filter still stays in its tenant.
+The policies bind every role but superusers and BYPASSRLS roles; a login role of
+that kind (the embedded server's `postgres`, the chart's database user) runs the
+store's queries as ROLE below instead (SET ROLE on each pooled connection)."""
 
 from __future__ import annotations
 
@@ -41,6 +50,12 @@ from services.memory.domain import (
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK_ID = 0x61746C6D  # pg_advisory_xact_lock key for schema changes
+#: The role created by migration 0002 for login roles that bypass row-level security.
+ROLE = "atalaya_memory"
+#: The setting the row-level security policies compare each row's tenant with.
+TENANT_SETTING = "atalaya.tenant"
+#: Tables whose rows belong to a tenant, each under row-level security.
+TENANT_TABLES = ("sessions", "turns", "memories", "user_memory_stats", "feedback")
 
 
 def migration_files() -> list[tuple[int, str]]:
@@ -125,20 +140,24 @@ class PostgresStore(MemoryStore):
             "timeout": pool_timeout_s,
         }
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._role: str | None = None  # SET ROLE on each connection, when needed
         self._db_duration = meter().create_histogram(
             semconv.METRIC_MEMORY_DB_DURATION, unit="ms", description="Store operation time"
         )
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await register_vector_async(conn)
+        role = f"SET ROLE {ROLE};" if self._role else ""
         await conn.execute(
+            f"{role}"
             f"SET statement_timeout = {int(self._statement_timeout_ms)};"
             f"SET hnsw.ef_search = {int(self._ef_search)};"
             "SET hnsw.iterative_scan = relaxed_order"
         )
 
     async def open(self, dsn: str) -> None:
-        """Migrate the schema at `dsn`, check the dimension, open the pool."""
+        """Migrate the schema at `dsn`, check the dimension and that row-level
+        security binds the store's queries, open the pool."""
         with db_errors():
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
                 applied = await migrate(conn, self._migration_params)
@@ -146,6 +165,7 @@ class PostgresStore(MemoryStore):
                     "SELECT value FROM store_info WHERE key = 'embedding_dimension'"
                 )
                 row = await cur.fetchone()
+                self._role = await _query_role(conn)
         if applied:
             log.info("schema migrated", extra={"versions": applied})
         stored = int(row[0]) if row else None
@@ -180,6 +200,16 @@ class PostgresStore(MemoryStore):
         finally:
             self._db_duration.record((time.perf_counter() - started) * 1000.0, {"op": op})
 
+    @contextlib.asynccontextmanager
+    async def _tx(self, op: str, tenant: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection inside a transaction confined to `tenant`: the row-level
+        security policies see the tenant until the transaction ends."""
+        if not tenant:
+            raise ValueError("a store operation needs a tenant")
+        async with self._conn(op) as conn, conn.transaction():
+            await conn.execute("SELECT set_config(%s, %s, true)", (TENANT_SETTING, tenant))
+            yield conn
+
     async def healthy(self) -> bool:
         try:
             async with self._conn("health") as conn:
@@ -190,55 +220,57 @@ class PostgresStore(MemoryStore):
 
     async def append_turn(
         self,
+        tenant: str,
         user_id: str,
         session_id: str,
         request_id: str,
+        *,
         messages: Sequence[ChatMessage],
         metadata: dict[str, str],
     ) -> AppendResult:
-        async with self._conn("append_turn") as conn, conn.transaction():
+        key = (tenant, user_id, session_id)
+        async with self._tx("append_turn", tenant) as conn:
             await conn.execute(
-                "INSERT INTO sessions (user_id, session_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (user_id, session_id),
+                "INSERT INTO sessions (tenant, user_id, session_id) VALUES (%s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                key,
             )
             cur = await conn.execute(
-                "SELECT turn_count FROM sessions WHERE user_id = %s AND session_id = %s FOR UPDATE",
-                (user_id, session_id),
+                "SELECT turn_count FROM sessions"
+                " WHERE tenant = %s AND user_id = %s AND session_id = %s FOR UPDATE",
+                key,
             )
             (turn_count,) = await cur.fetchone() or (0,)
             cur = await conn.execute(
-                "SELECT turn_index FROM turns"
-                " WHERE user_id = %s AND session_id = %s AND request_id = %s",
-                (user_id, session_id, request_id),
+                "SELECT turn_index FROM turns WHERE tenant = %s AND user_id = %s"
+                " AND session_id = %s AND request_id = %s",
+                (*key, request_id),
             )
             existing = await cur.fetchone()
             if existing is not None:
                 return AppendResult(turn_index=existing[0], created=False)
             await conn.execute(
                 "INSERT INTO turns"
-                " (user_id, session_id, turn_index, request_id, messages, metadata)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (
-                    user_id,
-                    session_id,
-                    turn_count,
-                    request_id,
-                    _messages_json(messages),
-                    Jsonb(metadata),
-                ),
+                " (tenant, user_id, session_id, turn_index, request_id, messages, metadata)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (*key, turn_count, request_id, _messages_json(messages), Jsonb(metadata)),
             )
             await conn.execute(
                 "UPDATE sessions SET turn_count = turn_count + 1, updated_at = now()"
-                " WHERE user_id = %s AND session_id = %s",
-                (user_id, session_id),
+                " WHERE tenant = %s AND user_id = %s AND session_id = %s",
+                key,
             )
         return AppendResult(turn_index=turn_count, created=True)
 
-    async def history(self, user_id: str, session_id: str, last_n: int) -> History | None:
-        async with self._conn("history") as conn:
+    async def history(
+        self, tenant: str, user_id: str, session_id: str, last_n: int
+    ) -> History | None:
+        key = (tenant, user_id, session_id)
+        async with self._tx("history", tenant) as conn:
             cur = await conn.execute(
-                "SELECT turn_count FROM sessions WHERE user_id = %s AND session_id = %s",
-                (user_id, session_id),
+                "SELECT turn_count FROM sessions"
+                " WHERE tenant = %s AND user_id = %s AND session_id = %s",
+                key,
             )
             row = await cur.fetchone()
             if row is None:
@@ -246,8 +278,9 @@ class PostgresStore(MemoryStore):
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT request_id, turn_index, messages, metadata, created_at FROM turns"
-                " WHERE user_id = %s AND session_id = %s ORDER BY turn_index DESC LIMIT %s",
-                (user_id, session_id, last_n),
+                " WHERE tenant = %s AND user_id = %s AND session_id = %s"
+                " ORDER BY turn_index DESC LIMIT %s",
+                (*key, last_n),
             )
             rows = await cur.fetchall()
         turns = [
@@ -262,69 +295,76 @@ class PostgresStore(MemoryStore):
         ]
         return History(turns=turns, total_turns=row[0])
 
-    async def memory_ids_for_request(self, user_id: str, request_id: str) -> list[str]:
-        async with self._conn("memory_ids") as conn:
-            cur = await conn.execute(
-                "SELECT memory_id FROM memories WHERE user_id = %s AND request_id = %s"
-                " ORDER BY position",
-                (user_id, request_id),
-            )
-            return [str(r[0]) for r in await cur.fetchall()]
+    async def memory_ids_for_request(self, tenant: str, user_id: str, request_id: str) -> list[str]:
+        async with self._tx("memory_ids", tenant) as conn:
+            return await _memory_ids(conn, tenant, user_id, request_id)
 
     async def add_memories(
-        self, user_id: str, request_id: str, memories: Sequence[NewMemory], vectors: Vector
+        self,
+        tenant: str,
+        user_id: str,
+        request_id: str,
+        memories: Sequence[NewMemory],
+        vectors: Vector,
     ) -> list[str]:
         ids = [uuid.uuid4() for _ in memories]
         rows = [
-            (mid, user_id, request_id, i, m.session_id, m.text, Jsonb(m.metadata), vectors[i])
+            (
+                mid,
+                tenant,
+                user_id,
+                request_id,
+                i,
+                m.session_id,
+                m.text,
+                Jsonb(m.metadata),
+                vectors[i],
+            )
             for i, (mid, m) in enumerate(zip(ids, memories, strict=True))
         ]
-        async with self._conn("add_memories") as conn, conn.transaction():
+        async with self._tx("add_memories", tenant) as conn:
             async with conn.cursor() as cur:
                 await cur.executemany(
-                    "INSERT INTO memories (memory_id, user_id, request_id, position,"
+                    "INSERT INTO memories (memory_id, tenant, user_id, request_id, position,"
                     " session_id, text, metadata, embedding)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (user_id, request_id, position) DO NOTHING",
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (tenant, user_id, request_id, position) DO NOTHING",
                     rows,
                 )
                 inserted = cur.rowcount
             if inserted > 0:
                 await conn.execute(
-                    "INSERT INTO user_memory_stats (user_id, memories) VALUES (%s, %s)"
-                    " ON CONFLICT (user_id)"
+                    "INSERT INTO user_memory_stats (tenant, user_id, memories) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (tenant, user_id)"
                     " DO UPDATE SET memories = user_memory_stats.memories + EXCLUDED.memories",
-                    (user_id, inserted),
+                    (tenant, user_id, inserted),
                 )
-            cur = await conn.execute(
-                "SELECT memory_id FROM memories WHERE user_id = %s AND request_id = %s"
-                " ORDER BY position",
-                (user_id, request_id),
-            )
-            return [str(r[0]) for r in await cur.fetchall()]
+            return await _memory_ids(conn, tenant, user_id, request_id)
 
     async def search(
-        self, user_id: str, query: Vector, k: int, *, exact: bool | None = None
+        self, tenant: str, user_id: str, query: Vector, k: int, *, exact: bool | None = None
     ) -> list[Recalled]:
-        async with self._conn("search") as conn:
+        async with self._tx("search", tenant) as conn:
             if exact is None:
                 cur = await conn.execute(
-                    "SELECT memories FROM user_memory_stats WHERE user_id = %s", (user_id,)
+                    "SELECT memories FROM user_memory_stats WHERE tenant = %s AND user_id = %s",
+                    (tenant, user_id),
                 )
                 row = await cur.fetchone()
                 count = row[0] if row else 0
                 if count == 0:
                     return []
                 exact = count <= self._exact_max
-            results = await self._search(conn, user_id, query, k, exact=exact)
+            results = await self._search(conn, tenant, user_id, query, k, exact=exact)
             if not exact and len(results) < k:
                 # The index scan can stop early for users with sparse rows; be exact.
-                results = await self._search(conn, user_id, query, k, exact=True)
+                results = await self._search(conn, tenant, user_id, query, k, exact=True)
         return results
 
     async def _search(
         self,
         conn: psycopg.AsyncConnection[Any],
+        tenant: str,
         user_id: str,
         query: Vector,
         k: int,
@@ -337,15 +377,15 @@ class PostgresStore(MemoryStore):
             # user's rows are scored, so the answer is exact.
             sql = (
                 f"WITH mine AS MATERIALIZED (SELECT {columns}, embedding <=> %s AS distance"
-                " FROM memories WHERE user_id = %s)"
+                " FROM memories WHERE tenant = %s AND user_id = %s)"
                 f" SELECT {columns}, distance FROM mine ORDER BY distance LIMIT %s"
             )
         else:
             sql = (
                 f"SELECT {columns}, embedding <=> %s AS distance FROM memories"
-                " WHERE user_id = %s ORDER BY 6 LIMIT %s"
+                " WHERE tenant = %s AND user_id = %s ORDER BY 6 LIMIT %s"
             )
-        cur = await conn.execute(sql, (query, user_id, k))
+        cur = await conn.execute(sql, (query, tenant, user_id, k))
         rows = await cur.fetchall()
         found = [
             Recalled(
@@ -362,28 +402,42 @@ class PostgresStore(MemoryStore):
         found.sort(key=lambda m: m.score, reverse=True)
         return found
 
-    async def forget_user(self, user_id: str) -> ForgetCounts:
-        async with self._conn("forget_user") as conn, conn.transaction():
-            feedback = await self._delete(conn, "feedback", "user_id = %s", (user_id,))
-            turns = await self._delete(conn, "turns", "user_id = %s", (user_id,))
-            sessions = await self._delete(conn, "sessions", "user_id = %s", (user_id,))
-            memories = await self._delete(conn, "memories", "user_id = %s", (user_id,))
-            await self._delete(conn, "user_memory_stats", "user_id = %s", (user_id,))
+    async def forget_user(self, tenant: str, user_id: str) -> ForgetCounts:
+        where = "tenant = %s AND user_id = %s"
+        args = (tenant, user_id)
+        async with self._tx("forget_user", tenant) as conn:
+            feedback = await self._delete(conn, "feedback", where, args)
+            turns = await self._delete(conn, "turns", where, args)
+            sessions = await self._delete(conn, "sessions", where, args)
+            memories = await self._delete(conn, "memories", where, args)
+            await self._delete(conn, "user_memory_stats", where, args)
         return ForgetCounts(sessions, turns, memories, feedback)
 
-    async def forget_session(self, user_id: str, session_id: str) -> ForgetCounts:
-        where = "user_id = %s AND session_id = %s"
-        args = (user_id, session_id)
-        async with self._conn("forget_session") as conn, conn.transaction():
+    async def forget_session(self, tenant: str, user_id: str, session_id: str) -> ForgetCounts:
+        where = "tenant = %s AND user_id = %s AND session_id = %s"
+        args = (tenant, user_id, session_id)
+        async with self._tx("forget_session", tenant) as conn:
             feedback = await self._delete(conn, "feedback", where, args)
             turns = await self._delete(conn, "turns", where, args)
             sessions = await self._delete(conn, "sessions", where, args)
             memories = await self._delete(conn, "memories", where, args)
             if memories:
                 await conn.execute(
-                    "UPDATE user_memory_stats SET memories = memories - %s WHERE user_id = %s",
-                    (memories, user_id),
+                    "UPDATE user_memory_stats SET memories = memories - %s"
+                    " WHERE tenant = %s AND user_id = %s",
+                    (memories, tenant, user_id),
                 )
+        return ForgetCounts(sessions, turns, memories, feedback)
+
+    async def forget_tenant(self, tenant: str) -> ForgetCounts:
+        where = "tenant = %s"
+        args = (tenant,)
+        async with self._tx("forget_tenant", tenant) as conn:
+            feedback = await self._delete(conn, "feedback", where, args)
+            turns = await self._delete(conn, "turns", where, args)
+            sessions = await self._delete(conn, "sessions", where, args)
+            memories = await self._delete(conn, "memories", where, args)
+            await self._delete(conn, "user_memory_stats", where, args)
         return ForgetCounts(sessions, turns, memories, feedback)
 
     @staticmethod
@@ -394,44 +448,46 @@ class PostgresStore(MemoryStore):
         return max(cur.rowcount, 0)
 
     async def record_feedback(
-        self, user_id: str, turn_request_id: str, score: float, comment: str
+        self, tenant: str, user_id: str, turn_request_id: str, score: float, comment: str
     ) -> bool | None:
-        async with self._conn("record_feedback") as conn, conn.transaction():
+        async with self._tx("record_feedback", tenant) as conn:
             cur = await conn.execute(
-                "SELECT session_id FROM turns WHERE user_id = %s AND request_id = %s"
-                " ORDER BY created_at DESC LIMIT 1",
-                (user_id, turn_request_id),
+                "SELECT session_id FROM turns WHERE tenant = %s AND user_id = %s"
+                " AND request_id = %s ORDER BY created_at DESC LIMIT 1",
+                (tenant, user_id, turn_request_id),
             )
             row = await cur.fetchone()
             if row is None:
                 return None
             cur = await conn.execute(
-                "INSERT INTO feedback (user_id, turn_request_id, session_id, score, comment)"
-                " VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (user_id, turn_request_id) DO UPDATE SET session_id ="
+                "INSERT INTO feedback"
+                " (tenant, user_id, turn_request_id, session_id, score, comment)"
+                " VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (tenant, user_id, turn_request_id) DO UPDATE SET session_id ="
                 " EXCLUDED.session_id, score = EXCLUDED.score, comment = EXCLUDED.comment,"
                 " recorded_at = now()"
                 " RETURNING (xmax = 0)",
-                (user_id, turn_request_id, row[0], score, comment),
+                (tenant, user_id, turn_request_id, row[0], score, comment),
             )
             created = await cur.fetchone()
         return bool(created and created[0])
 
     async def export_feedback(
-        self, since: datetime | None, user_id: str | None, include_messages: bool
+        self, tenant: str, since: datetime | None, user_id: str | None, include_messages: bool
     ) -> AsyncIterator[FeedbackRecord]:
         sql = (
             "SELECT f.user_id, f.session_id, f.turn_request_id, f.score, f.comment,"
             " f.recorded_at, t.messages, t.metadata FROM feedback f JOIN turns t"
-            " ON t.user_id = f.user_id AND t.session_id = f.session_id"
-            " AND t.request_id = f.turn_request_id"
-            " WHERE (%(since)s::timestamptz IS NULL OR f.recorded_at >= %(since)s)"
+            " ON t.tenant = f.tenant AND t.user_id = f.user_id"
+            " AND t.session_id = f.session_id AND t.request_id = f.turn_request_id"
+            " WHERE f.tenant = %(tenant)s"
+            " AND (%(since)s::timestamptz IS NULL OR f.recorded_at >= %(since)s)"
             " AND (%(user)s::text IS NULL OR f.user_id = %(user)s)"
             " ORDER BY f.recorded_at, f.user_id, f.turn_request_id"
         )
-        async with self._conn("export_feedback") as conn, conn.transaction():
+        async with self._tx("export_feedback", tenant) as conn:
             cur = conn.cursor(name="feedback_export")
-            await cur.execute(sql, {"since": since, "user": user_id})
+            await cur.execute(sql, {"tenant": tenant, "since": since, "user": user_id})
             async for r in cur:
                 yield FeedbackRecord(
                     user_id=r[0],
@@ -443,3 +499,49 @@ class PostgresStore(MemoryStore):
                     messages=_messages(r[6]) if include_messages else [],
                     metadata=r[7],
                 )
+
+
+async def _memory_ids(
+    conn: psycopg.AsyncConnection[Any], tenant: str, user_id: str, request_id: str
+) -> list[str]:
+    cur = await conn.execute(
+        "SELECT memory_id FROM memories WHERE tenant = %s AND user_id = %s AND request_id = %s"
+        " ORDER BY position",
+        (tenant, user_id, request_id),
+    )
+    return [str(r[0]) for r in await cur.fetchall()]
+
+
+async def _query_role(conn: psycopg.AsyncConnection[Any]) -> str | None:
+    """The role the store's queries must run as (None: the login role itself), once
+    it is sure that row-level security binds them: every tenant table has its
+    policies enabled and forced, and the querying role bypasses neither."""
+    cur = await conn.execute(
+        "SELECT relname FROM pg_class WHERE oid = ANY(%s::regclass[])"
+        " AND NOT (relrowsecurity AND relforcerowsecurity)",
+        (list(TENANT_TABLES),),
+    )
+    unprotected = [r[0] for r in await cur.fetchall()]
+    if unprotected:
+        raise FailedPrecondition(f"row-level security is off on {', '.join(unprotected)}")
+    role = None if not await _bypasses_rls(conn) else ROLE
+    if role is not None:
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL ROLE {role}")
+                still = await _bypasses_rls(conn)
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidParameterValue) as exc:
+            raise FailedPrecondition(
+                f"the database login role bypasses row-level security and cannot SET ROLE {role}"
+            ) from exc
+        if still:
+            raise FailedPrecondition(f"role {role} bypasses row-level security")
+    return role
+
+
+async def _bypasses_rls(conn: psycopg.AsyncConnection[Any]) -> bool:
+    cur = await conn.execute(
+        "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])

@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.util._once import Once
 
 from services.common import semconv, telemetry
+from services.common.identity import ANONYMOUS
 from services.common.telemetry import (
     INSTRUMENTATION_NAME,
     Telemetry,
@@ -232,8 +233,10 @@ async def test_service_spans_and_metrics_are_named_from_semconv(
         sinks, monkeypatch, "memory", OTEL_TRACES_EXPORTER="console", OTEL_METRICS_EXPORTER="otlp"
     )
     memory = MemoryCore(InMemoryStore(), HashEmbedder(), MemorySettings())
-    await memory.remember(user_id="u", request_id="r1", memories=[NewMemory("I sail on Sundays")])
-    await memory.recall(user_id="u", k=1, text="when do I sail?")
+    await memory.remember(
+        caller=ANONYMOUS, user_id="u", request_id="r1", memories=[NewMemory("I sail on Sundays")]
+    )
+    await memory.recall(caller=ANONYMOUS, user_id="u", k=1, text="when do I sail?")
 
     embedding = EmbeddingCore(HashEmbeddingBackend(), EmbeddingSettings())
     await embedding.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from atalaya.memory.v1 import memory_pb2
 
@@ -80,6 +81,30 @@ async def test_acknowledged_writes_survive_kill_9(
         found = await client.recall(user_id="u", text="where do I live?", k=1)
     assert [m.content for m in history.turns[0].messages] == ["hola", "¡Hola!"]
     assert found.memories[0].memory_id == stored.memory_ids[0]
+
+
+async def test_a_memory_process_reads_and_erases_its_callers_tenant_only(
+    memory_proc: MemoryFactory, fresh_dsn: str
+) -> None:
+    memory = memory_proc(fresh_dsn)
+    async with MemoryClient.connect(memory.target) as client:  # anonymous: tenant "default"
+        for i in range(2):
+            await client.append_turn(
+                user_id="u", session_id="s", request_id=f"t-{i}", messages=[message("user", "x")]
+            )
+        # The same user and session in another tenant, written past the service.
+        async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
+            await conn.execute(
+                "INSERT INTO sessions (tenant, user_id, session_id, turn_count)"
+                " VALUES ('acme', 'u', 's', 5)"
+            )
+        history = await client.get_history(user_id="u", session_id="s")
+        assert history.total_turns == 2
+        erased = await client.forget_user("u")
+        assert (erased.deleted_sessions, erased.deleted_turns) == (1, 2)
+    async with await psycopg.AsyncConnection.connect(fresh_dsn) as conn:
+        cur = await conn.execute("SELECT tenant, turn_count FROM sessions")
+        assert await cur.fetchall() == [("acme", 5)]
 
 
 async def test_postgres_outage_is_unavailable_and_not_serving_then_recovers(

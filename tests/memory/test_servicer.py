@@ -1,6 +1,8 @@
 """MemoryService in process on a real PostgreSQL with pgvector, through MemoryClient
 (and raw stubs where the client has no knob). Deletions are checked in the
-database itself."""
+database itself (as its superuser, past row-level security). Callers other than
+the anonymous one send their identity as forwarded identity metadata, as the
+gateway does for its end users (tests/memory/forwarded.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +23,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.client import MemoryClient
 from services.client.memory import message
 from services.common.errors import FailedPrecondition
+from services.common.identity import ADMIN_SCOPE, ON_BEHALF_SCOPE, Identity
 from services.common.server import ServerRunner
 from services.memory.config import MemorySettings
 from services.memory.server import build
+from services.memory.store import migration_files
+from tests.memory.forwarded import ForwardedIdentityMemory, forward_identity
 from tests.support.fakes import DIM, HashEmbedder, hashed_vector
 
 TABLES = ("sessions", "turns", "memories", "feedback")
@@ -35,6 +40,14 @@ class Served:
     stub: memory_pb2_grpc.MemoryServiceStub
     embedder: HashEmbedder
     dsn: str
+    target: str
+
+    @asynccontextmanager
+    async def client_as(self, who: Identity) -> AsyncIterator[MemoryClient]:
+        """A client whose every call forwards `who`."""
+        interceptors = forward_identity(who)
+        async with grpc.aio.insecure_channel(self.target, interceptors=interceptors) as channel:
+            yield MemoryClient(channel, timeout_s=15)
 
 
 def memory_settings(dsn: str, **overrides: Any) -> MemorySettings:
@@ -55,14 +68,15 @@ async def serve(
 ) -> AsyncIterator[Served]:
     embedder = embedder or HashEmbedder()
     settings = memory_settings(dsn, **overrides)
-    service = build(settings, embedder=embedder)
+    service = ForwardedIdentityMemory(build(settings, embedder=embedder))
     async with ServerRunner(service, settings).running() as runner:
         target = f"127.0.0.1:{runner.port}"
         async with (
             MemoryClient.connect(target, timeout_s=15) as client,
             grpc.aio.insecure_channel(target) as channel,
         ):
-            yield Served(client, memory_pb2_grpc.MemoryServiceStub(channel), embedder, dsn)
+            stub = memory_pb2_grpc.MemoryServiceStub(channel)
+            yield Served(client, stub, embedder, dsn, target)
 
 
 @pytest.fixture
@@ -598,6 +612,180 @@ async def test_export_feedback_since(memory: Served) -> None:
     assert [r async for r in since_future] == []
 
 
+# --- tenants and who may act for a user -----------------------------------------------
+
+ANA_ACME = Identity("acme", "ana")
+BOB_ACME = Identity("acme", "bob")
+ANA_GLOBEX = Identity("globex", "ana")
+APP_ACME = Identity("acme", "", frozenset({ON_BEHALF_SCOPE}))  # a service for its users
+ADMIN_ACME = Identity("acme", "ops", frozenset({ADMIN_SCOPE}))
+ADMIN_GLOBEX = Identity("globex", "ops", frozenset({ADMIN_SCOPE}))
+
+
+async def tenant_counts(dsn: str, tenant: str) -> list[int]:
+    return [await count(dsn, t, "tenant = %s", tenant) for t in TABLES]
+
+
+async def test_the_tenant_comes_from_the_identity_and_scopes_everything(memory: Served) -> None:
+    async with memory.client_as(ANA_ACME) as acme, memory.client_as(ANA_GLOBEX) as globex:
+        for client, tenant in ((acme, "acme"), (globex, "globex")):
+            await turn(client, "ana", "s1", "t0", text=f"hello from {tenant}")
+            await client.remember(user_id="ana", request_id="m1", texts=[f"{tenant} secret"])
+            await client.record_feedback(user_id="ana", turn_request_id="t0", score=1.0)
+
+        for client, tenant in ((acme, "acme"), (globex, "globex")):
+            history = await client.get_history(user_id="ana", session_id="s1")
+            assert [t.messages[0].content for t in history.turns] == [f"hello from {tenant}"]
+            found = await client.recall(user_id="ana", text="secret", k=10)
+            assert [m.text for m in found.memories] == [f"{tenant} secret"]
+            exported = [r async for r in client.export_feedback(user_id="ana")]
+            assert len(exported) == 1
+            assert exported[0].session_id == "s1"
+
+    # The rows carry the callers' tenants; the anonymous caller's is "default",
+    # where ana has nothing.
+    assert await query(memory.dsn, "SELECT tenant, user_id FROM turns ORDER BY tenant") == [
+        ("acme", "ana"),
+        ("globex", "ana"),
+    ]
+    assert await tenant_counts(memory.dsn, "acme") == [1, 1, 1, 1]
+    assert await tenant_counts(memory.dsn, "globex") == [1, 1, 1, 1]
+    err = await rpc_error(memory.client.get_history(user_id="ana", session_id="s1"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert list((await memory.client.recall(user_id="ana", text="secret", k=10)).memories) == []
+
+
+async def test_a_user_may_not_name_another_user(memory: Served) -> None:
+    async with memory.client_as(ANA_ACME) as ana:
+        calls = [
+            turn(ana, "bob", "s1", "t0"),
+            ana.get_history(user_id="bob", session_id="s1"),
+            ana.remember(user_id="bob", request_id="m1", texts=["planted"]),
+            ana.recall(user_id="bob", text="planted", k=1),
+            ana.record_feedback(user_id="bob", turn_request_id="t0", score=1.0),
+            ana.forget_user("bob"),
+            ana.forget_session("bob", "s1"),
+        ]
+        for call in calls:
+            err = await rpc_error(call)
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        err = await rpc_error(export(ana, user_id="bob"))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert [await count(memory.dsn, t) for t in TABLES] == [0, 0, 0, 0]
+    assert memory.embedder.calls == 0
+
+
+async def export(client: MemoryClient, **kwargs: Any) -> list[memory_pb2.FeedbackRecord]:
+    return [r async for r in client.export_feedback(**kwargs)]
+
+
+async def test_on_behalf_of_may_read_and_write_for_a_user_but_not_erase(memory: Served) -> None:
+    async with (
+        memory.client_as(APP_ACME) as app,
+        memory.client_as(BOB_ACME) as bob,
+        memory.client_as(ADMIN_ACME) as admin,
+    ):
+        await populate(app, "bob")
+        await populate(app, "carol")
+        assert (await app.get_history(user_id="bob", session_id="s1")).total_turns == 3
+
+        for call in (app.forget_user("bob"), app.forget_session("bob", "s1")):
+            err = await rpc_error(call)
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "erasure needs the user's own identity or the admin scope" in (
+                err.details() or ""
+            )
+        assert await tenant_counts(memory.dsn, "acme") == [4, 12, 8, 4]
+
+        own = await bob.forget_session("bob", "s1")
+        assert (own.deleted_sessions, own.deleted_turns) == (1, 3)
+        own = await bob.forget_user("bob")
+        assert (own.deleted_sessions, own.deleted_turns, own.deleted_memories) == (1, 3, 2)
+        erased = await admin.forget_user("carol")
+        assert (erased.deleted_sessions, erased.deleted_turns, erased.deleted_memories) == (2, 6, 4)
+    assert await tenant_counts(memory.dsn, "acme") == [0, 0, 0, 0]
+
+
+async def test_export_feedback_needs_the_admin_scope_or_the_users_own_identity(
+    memory: Served,
+) -> None:
+    async with (
+        memory.client_as(ANA_ACME) as ana,
+        memory.client_as(APP_ACME) as app,
+        memory.client_as(ADMIN_ACME) as admin,
+        memory.client_as(ANA_GLOBEX) as ana_globex,
+    ):
+        await populate(app, "ana")
+        await populate(app, "bob")
+        await populate(ana_globex, "ana")
+
+        assert {r.user_id for r in await export(ana, user_id="ana")} == {"ana"}
+        assert len(await export(ana, user_id="ana")) == 2
+        for client, kwargs in ((ana, {}), (app, {}), (app, {"user_id": "bob"})):
+            err = await rpc_error(export(client, **kwargs))
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        everything = await export(admin, include_messages=True)
+        assert sorted(r.user_id for r in everything) == ["ana", "ana", "bob", "bob"]
+        assert len(await export(admin, user_id="bob")) == 2
+        # Only acme's four of the six stored: globex's ana has hers on the same ids.
+        assert await count(memory.dsn, "feedback") == 6
+
+
+async def test_forget_tenant_erases_every_row_of_the_callers_tenant_only(
+    memory: Served,
+) -> None:
+    async with (
+        memory.client_as(APP_ACME) as app,
+        memory.client_as(ANA_ACME) as ana,
+        memory.client_as(ADMIN_ACME) as admin,
+        memory.client_as(ANA_GLOBEX) as ana_globex,
+        memory.client_as(ADMIN_GLOBEX) as admin_globex,
+    ):
+        await populate(app, "ana")
+        await populate(app, "bob")
+        await populate(ana_globex, "ana")
+        await populate(memory.client, "ana")  # the anonymous caller: tenant "default"
+
+        for client in (memory.client, app, ana):
+            err = await rpc_error(client.forget_tenant("acme"))
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        err = await rpc_error(admin.forget_tenant("globex"))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details() == "confirm_tenant must name the caller's tenant"
+        assert await tenant_counts(memory.dsn, "acme") == [4, 12, 8, 4]
+
+        erased = await admin.forget_tenant("acme")
+
+        assert (
+            erased.deleted_sessions,
+            erased.deleted_turns,
+            erased.deleted_memories,
+            erased.deleted_feedback,
+        ) == (4, 12, 8, 4)
+        assert erased.request_id
+        # Deleted from the tables (counted past row-level security, no VACUUM run),
+        # the stats with them; nothing of the other tenants touched.
+        assert await tenant_counts(memory.dsn, "acme") == [0, 0, 0, 0]
+        assert await count(memory.dsn, "user_memory_stats", "tenant = 'acme'") == 0
+        assert await tenant_counts(memory.dsn, "globex") == [2, 6, 4, 2]
+        assert await tenant_counts(memory.dsn, "default") == [2, 6, 4, 2]
+        for user in ("ana", "bob"):
+            assert list((await app.recall(user_id=user, text="a b c d", k=10)).memories) == []
+            err = await rpc_error(app.get_history(user_id=user, session_id="s1"))
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+        assert await export(admin) == []
+        found = await ana_globex.recall(user_id="ana", text="a b c d", k=10)
+        assert len(found.memories) == 4
+
+        # A tenant's users start again from nothing.
+        appended = await turn(ana, "ana", "s1", "s1-t0")
+        assert (appended.turn_index, appended.created) == (0, True)
+        await admin_globex.forget_tenant("globex")
+        assert await tenant_counts(memory.dsn, "globex") == [0, 0, 0, 0]
+        assert await tenant_counts(memory.dsn, "default") == [2, 6, 4, 2]
+
+
 # --- schema migrations ----------------------------------------------------------
 
 
@@ -605,7 +793,7 @@ async def test_a_second_service_does_not_migrate_again(fresh_dsn: str) -> None:
     async with serve(fresh_dsn) as first:
         await turn(first.client, "ana", "s1", "t0")
     migrations = await query(fresh_dsn, "SELECT version, applied_at FROM schema_migrations")
-    assert [v for v, _ in migrations] == [1]
+    assert [v for v, _ in migrations] == [v for v, _ in migration_files()] == [1, 2]
 
     async with serve(fresh_dsn) as second:
         history = await second.client.get_history(user_id="ana", session_id="s1")

@@ -85,23 +85,26 @@ class HashEmbedder(Embedder):
 
 
 class InMemoryStore(MemoryStore):
-    """The MemoryStore contract in dictionaries, for core tests."""
+    """The MemoryStore contract in dictionaries, for core tests; every key starts
+    with the tenant."""
 
     def __init__(self) -> None:
-        self.turns: dict[tuple[str, str], list[SessionTurn]] = {}
-        self.memories: dict[str, list[tuple[str, str, NewMemory, Vector]]] = {}
-        self.feedback: dict[tuple[str, str], tuple[str, float, str]] = {}
+        self.turns: dict[tuple[str, str, str], list[SessionTurn]] = {}
+        self.memories: dict[tuple[str, str], list[tuple[str, str, NewMemory, Vector]]] = {}
+        self.feedback: dict[tuple[str, str, str], tuple[str, float, str]] = {}
         self.up = True
 
     async def append_turn(
         self,
+        tenant: str,
         user_id: str,
         session_id: str,
         request_id: str,
+        *,
         messages: Sequence[ChatMessage],
         metadata: dict[str, str],
     ) -> AppendResult:
-        turns = self.turns.setdefault((user_id, session_id), [])
+        turns = self.turns.setdefault((tenant, user_id, session_id), [])
         for t in turns:
             if t.request_id == request_id:
                 return AppendResult(t.index, created=False)
@@ -110,71 +113,97 @@ class InMemoryStore(MemoryStore):
         )
         return AppendResult(len(turns) - 1, created=True)
 
-    async def history(self, user_id: str, session_id: str, last_n: int) -> History | None:
-        turns = self.turns.get((user_id, session_id))
+    async def history(
+        self, tenant: str, user_id: str, session_id: str, last_n: int
+    ) -> History | None:
+        turns = self.turns.get((tenant, user_id, session_id))
         if turns is None:
             return None
         return History(turns=turns[-last_n:], total_turns=len(turns))
 
-    async def memory_ids_for_request(self, user_id: str, request_id: str) -> list[str]:
-        return [mid for mid, rid, _, _ in self.memories.get(user_id, []) if rid == request_id]
+    async def memory_ids_for_request(self, tenant: str, user_id: str, request_id: str) -> list[str]:
+        rows = self.memories.get((tenant, user_id), [])
+        return [mid for mid, rid, _, _ in rows if rid == request_id]
 
     async def add_memories(
-        self, user_id: str, request_id: str, memories: Sequence[NewMemory], vectors: Vector
+        self,
+        tenant: str,
+        user_id: str,
+        request_id: str,
+        memories: Sequence[NewMemory],
+        vectors: Vector,
     ) -> list[str]:
-        rows = self.memories.setdefault(user_id, [])
+        rows = self.memories.setdefault((tenant, user_id), [])
         ids = []
         for m, v in zip(memories, vectors, strict=True):
-            mid = f"{user_id}-{len(rows)}"
+            mid = f"{tenant}-{user_id}-{len(rows)}"
             rows.append((mid, request_id, m, v))
             ids.append(mid)
         return ids
 
     async def search(
-        self, user_id: str, query: Vector, k: int, *, exact: bool | None = None
+        self, tenant: str, user_id: str, query: Vector, k: int, *, exact: bool | None = None
     ) -> list[Recalled]:
         scored = [
             Recalled(
                 mid, m.text, m.metadata, float(np.dot(v, query)), m.session_id, datetime.now(UTC)
             )
-            for mid, _, m, v in self.memories.get(user_id, [])
+            for mid, _, m, v in self.memories.get((tenant, user_id), [])
         ]
         return sorted(scored, key=lambda r: r.score, reverse=True)[:k]
 
-    async def forget_user(self, user_id: str) -> ForgetCounts:
-        sessions = [key for key in self.turns if key[0] == user_id]
+    async def forget_user(self, tenant: str, user_id: str) -> ForgetCounts:
+        sessions = [key for key in self.turns if key[:2] == (tenant, user_id)]
         turns = sum(len(self.turns.pop(key)) for key in sessions)
-        memories = len(self.memories.pop(user_id, []))
-        feedback = [key for key in self.feedback if key[0] == user_id]
+        memories = len(self.memories.pop((tenant, user_id), []))
+        feedback = [key for key in self.feedback if key[:2] == (tenant, user_id)]
         for key in feedback:
             del self.feedback[key]
         return ForgetCounts(len(sessions), turns, memories, len(feedback))
 
-    async def forget_session(self, user_id: str, session_id: str) -> ForgetCounts:
-        turns = self.turns.pop((user_id, session_id), None)
-        kept = [r for r in self.memories.get(user_id, []) if r[2].session_id != session_id]
-        removed = len(self.memories.get(user_id, [])) - len(kept)
-        self.memories[user_id] = kept
-        feedback = [k for k, v in self.feedback.items() if k[0] == user_id and v[0] == session_id]
+    async def forget_session(self, tenant: str, user_id: str, session_id: str) -> ForgetCounts:
+        turns = self.turns.pop((tenant, user_id, session_id), None)
+        mine = self.memories.get((tenant, user_id), [])
+        kept = [r for r in mine if r[2].session_id != session_id]
+        if mine:
+            self.memories[(tenant, user_id)] = kept
+        feedback = [
+            k for k, v in self.feedback.items() if k[:2] == (tenant, user_id) and v[0] == session_id
+        ]
         for key in feedback:
             del self.feedback[key]
-        return ForgetCounts(1 if turns is not None else 0, len(turns or []), removed, len(feedback))
+        return ForgetCounts(
+            1 if turns is not None else 0, len(turns or []), len(mine) - len(kept), len(feedback)
+        )
+
+    async def forget_tenant(self, tenant: str) -> ForgetCounts:
+        sessions = [key for key in self.turns if key[0] == tenant]
+        turns = sum(len(self.turns.pop(key)) for key in sessions)
+        users = [key for key in self.memories if key[0] == tenant]
+        memories = sum(len(self.memories.pop(key)) for key in users)
+        feedback = [key for key in self.feedback if key[0] == tenant]
+        for key in feedback:
+            del self.feedback[key]
+        return ForgetCounts(len(sessions), turns, memories, len(feedback))
 
     async def record_feedback(
-        self, user_id: str, turn_request_id: str, score: float, comment: str
+        self, tenant: str, user_id: str, turn_request_id: str, score: float, comment: str
     ) -> bool | None:
-        for (uid, sid), turns in self.turns.items():
-            if uid == user_id and any(t.request_id == turn_request_id for t in turns):
-                created = (user_id, turn_request_id) not in self.feedback
-                self.feedback[(user_id, turn_request_id)] = (sid, score, comment)
+        for (tid, uid, sid), turns in self.turns.items():
+            if (tid, uid) == (tenant, user_id) and any(
+                t.request_id == turn_request_id for t in turns
+            ):
+                key = (tenant, user_id, turn_request_id)
+                created = key not in self.feedback
+                self.feedback[key] = (sid, score, comment)
                 return created
         return None
 
     async def export_feedback(
-        self, since: datetime | None, user_id: str | None, include_messages: bool
+        self, tenant: str, since: datetime | None, user_id: str | None, include_messages: bool
     ) -> AsyncIterator[FeedbackRecord]:
-        for (uid, rid), (sid, score, comment) in list(self.feedback.items()):
-            if user_id is None or uid == user_id:
+        for (tid, uid, rid), (sid, score, comment) in list(self.feedback.items()):
+            if tid == tenant and (user_id is None or uid == user_id):
                 yield FeedbackRecord(uid, sid, rid, score, comment, datetime.now(UTC), [], {})
 
     async def healthy(self) -> bool:

@@ -4,13 +4,28 @@ isort:skip_file
 Memory service: conversation history per session, long-term memories per user
 with semantic recall, user feedback on turns, and erasure.
 
-Every request names a user_id, and every read and delete is confined to that
-user: no request ever sees or removes another user's data. Identifiers
-(user_id, session_id, request_id) are 1 to 128 characters.
+Every row belongs to a tenant and a user. The tenant is the caller's, from its
+credentials (the identity the server's interceptor sets for each call: a
+forwarded end user, a service's certificate, or, with authentication off, the
+one tenant "default"); no request names it. Every request names a user_id, and
+every read and delete is confined to that user of the caller's tenant: no request
+ever sees or removes another user's or another tenant's data. PostgreSQL's
+row-level security enforces the tenant a second time. Identifiers (user_id,
+session_id, request_id) are 1 to 128 characters.
+
+Who may name a user_id: that user, or a caller holding the admin scope
+("atalaya:admin") or the on-behalf-of scope ("atalaya:on-behalf-of"); with
+authentication off every caller may, as before.
+Erasure and export ask more; see Forget, ForgetTenant and ExportFeedback.
 
 Common status codes, in addition to those listed per RPC:
   INVALID_ARGUMENT   a required field is missing or a limit is exceeded; the
-                     message names the field and the limit.
+                     message names the field and the limit. Also: the caller's
+                     tenant is not an identifier of 1 to 128 characters.
+  PERMISSION_DENIED  the caller may not act for the user_id it names (or, per
+                     RPC, may not erase or export); nothing was read or written.
+  UNAUTHENTICATED    the caller's credentials are missing or invalid (when the
+                     server requires them).
   UNAVAILABLE        the database (or, for texts to embed, the embedding
                      service) cannot be reached; nothing was written. Safe to
                      retry: every write is idempotent on its request_id.
@@ -593,6 +608,32 @@ class ForgetRequest(_message.Message):
 Global___ForgetRequest: _TypeAlias = ForgetRequest  # noqa: Y015
 
 @_typing.final
+class ForgetTenantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONFIRM_TENANT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    confirm_tenant: _builtins.str
+    """Required: the caller's tenant, spelled out, so that a tenant is never erased
+    by mistake (a token of another tenant than meant). It selects nothing: the
+    tenant erased is always the caller's.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        confirm_tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_tenant", b"confirm_tenant", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetTenantRequest: _TypeAlias = ForgetTenantRequest  # noqa: Y015
+
+@_typing.final
 class ForgetResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -697,7 +738,9 @@ class ExportFeedbackRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     INCLUDE_MESSAGES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """Optional: only this user's feedback."""
+    """Optional: only this user's feedback (needed, and the caller's own, for a
+    caller without the admin scope).
+    """
     include_messages: _builtins.bool
     """When true, each record carries the turn's messages (for evaluation sets)."""
     @_builtins.property

@@ -59,6 +59,11 @@ class MemoryServiceStub:
                 request_serializer=atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetRequest.SerializeToString,
                 response_deserializer=atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetResponse.FromString,
                 _registered_method=True)
+        self.ForgetTenant = channel.unary_unary(
+                '/atalaya.memory.v1.MemoryService/ForgetTenant',
+                request_serializer=atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetTenantRequest.SerializeToString,
+                response_deserializer=atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetResponse.FromString,
+                _registered_method=True)
         self.RecordFeedback = channel.unary_unary(
                 '/atalaya.memory.v1.MemoryService/RecordFeedback',
                 request_serializer=atalaya_dot_memory_dot_v1_dot_memory__pb2.RecordFeedbackRequest.SerializeToString,
@@ -118,8 +123,26 @@ class MemoryServiceServicer:
 
     def Forget(self, request, context):
         """Erases a user (all sessions, turns, memories and feedback) or one session
-        (its turns, its feedback and the memories remembered from it). Rows are
-        deleted, not flagged. Erasing what does not exist succeeds with zero counts.
+        (its turns, its feedback and the memories remembered from it), in the
+        caller's tenant. Rows are deleted, not flagged, in one transaction committed
+        before the response: no later read finds them (no vacuum is needed for that).
+        Erasing what does not exist succeeds with zero counts.
+        PERMISSION_DENIED  the caller is neither that user nor holds the admin
+        scope. The on-behalf-of scope is not enough: a service
+        that reads and writes for its users does not erase them
+        (with authentication off every caller may, as before).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetTenant(self, request, context):
+        """Erases every row of the caller's tenant: all users' sessions, turns,
+        memories and feedback, in one transaction (deleted, not flagged). The tenant
+        is the caller's own, from its credentials; confirm_tenant must spell it out.
+        PERMISSION_DENIED  the caller does not hold the admin scope (anonymous
+        callers, with authentication off, do not).
+        INVALID_ARGUMENT   confirm_tenant is not the caller's tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,7 +158,11 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportFeedback(self, request, context):
-        """Streams stored feedback, oldest first, for evaluation and export.
+        """Streams stored feedback of the caller's tenant, oldest first, for evaluation
+        and export.
+        PERMISSION_DENIED  the caller holds no admin scope and is not the one user
+        the request names (with authentication off every caller
+        may, as before).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,6 +194,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
             'Forget': grpc.unary_unary_rpc_method_handler(
                     servicer.Forget,
                     request_deserializer=atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetRequest.FromString,
+                    response_serializer=atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetResponse.SerializeToString,
+            ),
+            'ForgetTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetTenant,
+                    request_deserializer=atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetTenantRequest.FromString,
                     response_serializer=atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetResponse.SerializeToString,
             ),
             'RecordFeedback': grpc.unary_unary_rpc_method_handler(
@@ -314,6 +346,33 @@ class MemoryService:
             target,
             '/atalaya.memory.v1.MemoryService/Forget',
             atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetRequest.SerializeToString,
+            atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atalaya.memory.v1.MemoryService/ForgetTenant',
+            atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetTenantRequest.SerializeToString,
             atalaya_dot_memory_dot_v1_dot_memory__pb2.ForgetResponse.FromString,
             options,
             channel_credentials,

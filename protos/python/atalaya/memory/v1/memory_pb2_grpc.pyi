@@ -4,13 +4,28 @@ isort:skip_file
 Memory service: conversation history per session, long-term memories per user
 with semantic recall, user feedback on turns, and erasure.
 
-Every request names a user_id, and every read and delete is confined to that
-user: no request ever sees or removes another user's data. Identifiers
-(user_id, session_id, request_id) are 1 to 128 characters.
+Every row belongs to a tenant and a user. The tenant is the caller's, from its
+credentials (the identity the server's interceptor sets for each call: a
+forwarded end user, a service's certificate, or, with authentication off, the
+one tenant "default"); no request names it. Every request names a user_id, and
+every read and delete is confined to that user of the caller's tenant: no request
+ever sees or removes another user's or another tenant's data. PostgreSQL's
+row-level security enforces the tenant a second time. Identifiers (user_id,
+session_id, request_id) are 1 to 128 characters.
+
+Who may name a user_id: that user, or a caller holding the admin scope
+("atalaya:admin") or the on-behalf-of scope ("atalaya:on-behalf-of"); with
+authentication off every caller may, as before.
+Erasure and export ask more; see Forget, ForgetTenant and ExportFeedback.
 
 Common status codes, in addition to those listed per RPC:
   INVALID_ARGUMENT   a required field is missing or a limit is exceeded; the
-                     message names the field and the limit.
+                     message names the field and the limit. Also: the caller's
+                     tenant is not an identifier of 1 to 128 characters.
+  PERMISSION_DENIED  the caller may not act for the user_id it names (or, per
+                     RPC, may not erase or export); nothing was read or written.
+  UNAUTHENTICATED    the caller's credentials are missing or invalid (when the
+                     server requires them).
   UNAVAILABLE        the database (or, for texts to embed, the embedding
                      service) cannot be reached; nothing was written. Safe to
                      retry: every write is idempotent on its request_id.
@@ -76,8 +91,22 @@ class MemoryServiceStub:
     """
     Forget: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]
     """Erases a user (all sessions, turns, memories and feedback) or one session
-    (its turns, its feedback and the memories remembered from it). Rows are
-    deleted, not flagged. Erasing what does not exist succeeds with zero counts.
+    (its turns, its feedback and the memories remembered from it), in the
+    caller's tenant. Rows are deleted, not flagged, in one transaction committed
+    before the response: no later read finds them (no vacuum is needed for that).
+    Erasing what does not exist succeeds with zero counts.
+      PERMISSION_DENIED  the caller is neither that user nor holds the admin
+                         scope. The on-behalf-of scope is not enough: a service
+                         that reads and writes for its users does not erase them
+                         (with authentication off every caller may, as before).
+    """
+    ForgetTenant: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ForgetTenantRequest, _memory_pb2.ForgetResponse]
+    """Erases every row of the caller's tenant: all users' sessions, turns,
+    memories and feedback, in one transaction (deleted, not flagged). The tenant
+    is the caller's own, from its credentials; confirm_tenant must spell it out.
+      PERMISSION_DENIED  the caller does not hold the admin scope (anonymous
+                         callers, with authentication off, do not).
+      INVALID_ARGUMENT   confirm_tenant is not the caller's tenant.
     """
     RecordFeedback: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RecordFeedbackRequest, _memory_pb2.RecordFeedbackResponse]
     """Records a user's feedback on one turn; a later call for the same turn
@@ -85,7 +114,12 @@ class MemoryServiceStub:
       NOT_FOUND  the user has no turn with that request id.
     """
     ExportFeedback: _grpc.UnaryStreamMultiCallable[_memory_pb2.ExportFeedbackRequest, _memory_pb2.FeedbackRecord]
-    """Streams stored feedback, oldest first, for evaluation and export."""
+    """Streams stored feedback of the caller's tenant, oldest first, for evaluation
+    and export.
+      PERMISSION_DENIED  the caller holds no admin scope and is not the one user
+                         the request names (with authentication off every caller
+                         may, as before).
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -118,8 +152,22 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """
     Forget: _aio.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]  # type: ignore[assignment]
     """Erases a user (all sessions, turns, memories and feedback) or one session
-    (its turns, its feedback and the memories remembered from it). Rows are
-    deleted, not flagged. Erasing what does not exist succeeds with zero counts.
+    (its turns, its feedback and the memories remembered from it), in the
+    caller's tenant. Rows are deleted, not flagged, in one transaction committed
+    before the response: no later read finds them (no vacuum is needed for that).
+    Erasing what does not exist succeeds with zero counts.
+      PERMISSION_DENIED  the caller is neither that user nor holds the admin
+                         scope. The on-behalf-of scope is not enough: a service
+                         that reads and writes for its users does not erase them
+                         (with authentication off every caller may, as before).
+    """
+    ForgetTenant: _aio.UnaryUnaryMultiCallable[_memory_pb2.ForgetTenantRequest, _memory_pb2.ForgetResponse]  # type: ignore[assignment]
+    """Erases every row of the caller's tenant: all users' sessions, turns,
+    memories and feedback, in one transaction (deleted, not flagged). The tenant
+    is the caller's own, from its credentials; confirm_tenant must spell it out.
+      PERMISSION_DENIED  the caller does not hold the admin scope (anonymous
+                         callers, with authentication off, do not).
+      INVALID_ARGUMENT   confirm_tenant is not the caller's tenant.
     """
     RecordFeedback: _aio.UnaryUnaryMultiCallable[_memory_pb2.RecordFeedbackRequest, _memory_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
     """Records a user's feedback on one turn; a later call for the same turn
@@ -127,7 +175,12 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
       NOT_FOUND  the user has no turn with that request id.
     """
     ExportFeedback: _aio.UnaryStreamMultiCallable[_memory_pb2.ExportFeedbackRequest, _memory_pb2.FeedbackRecord]  # type: ignore[assignment]
-    """Streams stored feedback, oldest first, for evaluation and export."""
+    """Streams stored feedback of the caller's tenant, oldest first, for evaluation
+    and export.
+      PERMISSION_DENIED  the caller holds no admin scope and is not the one user
+                         the request names (with authentication off every caller
+                         may, as before).
+    """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -187,8 +240,28 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ForgetResponse, _abc.Awaitable[_memory_pb2.ForgetResponse]]:
         """Erases a user (all sessions, turns, memories and feedback) or one session
-        (its turns, its feedback and the memories remembered from it). Rows are
-        deleted, not flagged. Erasing what does not exist succeeds with zero counts.
+        (its turns, its feedback and the memories remembered from it), in the
+        caller's tenant. Rows are deleted, not flagged, in one transaction committed
+        before the response: no later read finds them (no vacuum is needed for that).
+        Erasing what does not exist succeeds with zero counts.
+          PERMISSION_DENIED  the caller is neither that user nor holds the admin
+                             scope. The on-behalf-of scope is not enough: a service
+                             that reads and writes for its users does not erase them
+                             (with authentication off every caller may, as before).
+        """
+
+    @_abc_1.abstractmethod
+    def ForgetTenant(
+        self,
+        request: _memory_pb2.ForgetTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ForgetResponse, _abc.Awaitable[_memory_pb2.ForgetResponse]]:
+        """Erases every row of the caller's tenant: all users' sessions, turns,
+        memories and feedback, in one transaction (deleted, not flagged). The tenant
+        is the caller's own, from its credentials; confirm_tenant must spell it out.
+          PERMISSION_DENIED  the caller does not hold the admin scope (anonymous
+                             callers, with authentication off, do not).
+          INVALID_ARGUMENT   confirm_tenant is not the caller's tenant.
         """
 
     @_abc_1.abstractmethod
@@ -208,6 +281,11 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.ExportFeedbackRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_memory_pb2.FeedbackRecord], _abc.AsyncIterator[_memory_pb2.FeedbackRecord]]:
-        """Streams stored feedback, oldest first, for evaluation and export."""
+        """Streams stored feedback of the caller's tenant, oldest first, for evaluation
+        and export.
+          PERMISSION_DENIED  the caller holds no admin scope and is not the one user
+                             the request names (with authentication off every caller
+                             may, as before).
+        """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
