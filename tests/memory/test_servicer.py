@@ -2,7 +2,8 @@
 (and raw stubs where the client has no knob). Deletions are checked in the
 database itself (as its superuser, past row-level security). Callers other than
 the anonymous one send their identity as forwarded identity metadata, as the
-gateway does for its end users (tests/memory/forwarded.py)."""
+gateway does for its end users (tests/support/forwarding.py); on plaintext loopback
+the server believes them."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from services.common.server import ServerRunner
 from services.memory.config import MemorySettings
 from services.memory.server import build
 from services.memory.store import migration_files
-from tests.memory.forwarded import ForwardedIdentityMemory, forward_identity
 from tests.support.fakes import DIM, HashEmbedder, hashed_vector
+from tests.support.forwarding import forward_identity
 
 TABLES = ("sessions", "turns", "memories", "feedback")
 
@@ -68,7 +69,7 @@ async def serve(
 ) -> AsyncIterator[Served]:
     embedder = embedder or HashEmbedder()
     settings = memory_settings(dsn, **overrides)
-    service = ForwardedIdentityMemory(build(settings, embedder=embedder))
+    service = build(settings, embedder=embedder)
     async with ServerRunner(service, settings).running() as runner:
         target = f"127.0.0.1:{runner.port}"
         async with (
