@@ -19,6 +19,7 @@ import grpc
 
 from services.common import errors, tls
 from services.common.channel import create_channel
+from services.common.interceptors import retry_after_s
 from services.common.settings import ChannelSettings, ChannelTLSSettings
 
 _DOMAIN_BY_STATUS: dict[grpc.StatusCode, type[errors.AtalayaError]] = {
@@ -46,6 +47,11 @@ def domain_error(err: grpc.aio.AioRpcError, upstream: str) -> Exception:
         return errors.Unavailable(f"{upstream} service is unavailable")
     if cls is errors.DeadlineExceeded:
         return errors.DeadlineExceeded(f"{upstream} service did not answer in time")
+    if cls is errors.ResourceExhausted:
+        # The upstream's retry delay (a RetryInfo detail) travels on to our caller.
+        return errors.ResourceExhausted(
+            f"{upstream}: {err.details()}", retry_after_s=retry_after_s(err)
+        )
     if cls is not None:
         return cls(f"{upstream}: {err.details()}")
     return RuntimeError(f"{upstream} failed with {code}: {err.details()}")

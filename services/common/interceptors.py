@@ -198,6 +198,17 @@ async def _abort(
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+def retry_after_s(err: grpc.aio.AioRpcError) -> float | None:
+    """The delay a failed call's RetryInfo detail asks for (None: it has none); what a
+    client reads back from retry_status."""
+    status = rpc_status.from_call(err)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.ToNanoseconds()) / 1e9
+    return None
+
+
 def retry_status(message: str, retry_after_s: float) -> status_pb2.Status:
     """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail of `retry_after_s`."""
     delay = duration_pb2.Duration()

@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from services.client import domain_error
 from services.common import errors, identity
 from services.common.identity import AuthContext, Identity, Metadata
-from services.common.interceptors import INTERNAL_MESSAGE, status_for
+from services.common.interceptors import INTERNAL_MESSAGE, retry_after_s, status_for
 from services.common.server import ServerRunner, Service
 from services.common.settings import ServiceSettings
 from tests.support.polling import async_wait_until
@@ -323,19 +323,6 @@ async def test_reflection_lists_the_service(probe: tuple[ProbeService, grpc.aio.
     assert "grpc.reflection.v1alpha.ServerReflection" in names
 
 
-def retry_delay_s(err: grpc.aio.AioRpcError) -> float | None:
-    """The RetryInfo delay of a failed call's rich status (None: no such detail)."""
-    status = rpc_status.from_call(err)
-    if status is None:
-        return None
-    assert status.code == code_pb2.RESOURCE_EXHAUSTED
-    for detail in status.details:
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            return info.retry_delay.ToNanoseconds() / 1e9
-    return None
-
-
 async def test_resource_exhausted_with_a_delay_carries_retry_info(
     probe: tuple[ProbeService, grpc.aio.Channel],
 ) -> None:
@@ -344,16 +331,28 @@ async def test_resource_exhausted_with_a_delay_carries_retry_info(
         await channel.unary_unary(RAISE)(b"Retry", timeout=5)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert info.value.details() == "Retry: the limit is 7"
-    assert retry_delay_s(info.value) == 1.25
+    assert retry_after_s(info.value) == 1.25
     call = channel.unary_stream(STREAM)(b"Retry", timeout=5)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for _ in call:
             pass
-    assert retry_delay_s(info.value) == 1.25
+    assert retry_after_s(info.value) == 1.25
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await channel.unary_unary(RAISE)(b"ResourceExhausted", timeout=5)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert rpc_status.from_call(info.value) is None  # no delay known, no detail
+    assert retry_after_s(info.value) is None
+
+
+async def test_a_caller_passes_the_upstream_retry_delay_on(
+    probe: tuple[ProbeService, grpc.aio.Channel],
+) -> None:
+    _, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(RAISE)(b"Retry", timeout=5)
+    err = domain_error(info.value, "probe")
+    assert isinstance(err, errors.ResourceExhausted)
+    assert (str(err), err.retry_after_s) == ("probe: Retry: the limit is 7", 1.25)
 
 
 class HeaderAuthenticator:
