@@ -13,6 +13,7 @@ Groups of figures, each measured by its own module (its docstring says what):
   guard             loadtests/guard_bench.py
   gateway           loadtests/gateway_bench.py
   runtime_overhead  loadtests/runtime_bench.py
+  security          loadtests/security_bench.py
 
 See loadtests/README.md for how to read the output."""
 
@@ -36,6 +37,7 @@ from loadtests.local_model import LocalModel
 from loadtests.memory_bench import MEMORY_FIGURES, bench_memory
 from loadtests.memory_data import RECALL_K
 from loadtests.runtime_bench import RUNTIME_FIGURES, bench_runtime
+from loadtests.security_bench import SECURITY_FIGURES, bench_security
 
 GROUPS = {
     "embedding": EMBEDDING_FIGURES,
@@ -44,6 +46,7 @@ GROUPS = {
     "guard": GUARD_FIGURES,
     "gateway": GATEWAY_FIGURES,
     "runtime_overhead": RUNTIME_FIGURES,
+    "security": SECURITY_FIGURES,
 }
 
 Bench = Callable[[argparse.Namespace, Path, Output], None]
@@ -63,6 +66,11 @@ SERVICE_BENCHES: tuple[tuple[tuple[str, ...], str, Bench], ...] = (
         "runtime_overhead: one unary call on grpc.aio, Ray Serve and KServe",
         bench_runtime,
     ),
+    (
+        SECURITY_FIGURES,
+        "security: JWT verification at the gateway, mTLS to the embedding service",
+        bench_security,
+    ),
 )
 NAMES = (
     *EMBEDDING_FIGURES,
@@ -71,6 +79,7 @@ NAMES = (
     *GUARD_FIGURES,
     *GATEWAY_FIGURES,
     *RUNTIME_FIGURES,
+    *SECURITY_FIGURES,
     *GROUPS,
 )
 
@@ -99,7 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=float, default=3.0, help="throughput warm-up, seconds")
     parser.add_argument(
-        "--rounds", type=int, default=5, help="throughput rounds (service, then in-process)"
+        "--rounds",
+        type=int,
+        default=5,
+        help="throughput rounds: windows of the service and its baseline alternate",
     )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
@@ -111,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
         help="a service setting for this run (repeatable), e.g. ATALAYA_EMBEDDING_MAX_WAIT_MS=5",
     )
     parser.add_argument("--latency-calls", type=int, default=200)
+    parser.add_argument(
+        "--auth-turns", type=int, default=1000, help="turns per gateway for auth_overhead"
+    )
     parser.add_argument(
         "--guard-items", type=int, default=60, help="evaluation items for cascade_llm_share"
     )
@@ -132,8 +147,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in wanted or set(GROUPS):
         selected.update(GROUPS.get(name, (name,)))
     args.selected = frozenset(selected)
-    if args.memories < 2 * RECALL_K or args.queries < 1 or args.duration <= 0 or args.rounds < 1:
-        parser.error("need --memories >= 20, --queries >= 1, --duration > 0, --rounds >= 1")
+    if (
+        args.memories < 2 * RECALL_K
+        or args.queries < 1
+        or args.duration <= 0
+        or args.rounds < 1
+        or args.auth_turns < 1
+    ):
+        parser.error(
+            "need --memories >= 20, --queries >= 1, --duration > 0, --rounds >= 1, "
+            "--auth-turns >= 1"
+        )
     return args
 
 

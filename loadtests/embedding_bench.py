@@ -36,9 +36,11 @@ EMBEDDING_FIGURES = (THROUGHPUT_FIGURE, MULTI_TEXT_FIGURE, LATENCY_FIGURE)
 BASELINE_BATCHES = (16, 32, 64)
 TEXTS = 2048
 LATENCY_WARMUP_CALLS = 20
+#: Seconds of calls before each measured window (the callers' queues fill).
+RAMP_S = 0.5
 
 
-def _embedding_env(port: int) -> dict[str, str]:
+def embedding_env(port: int) -> dict[str, str]:
     return {
         "ATALAYA_EMBEDDING_HOST": HOST,
         "ATALAYA_EMBEDDING_PORT": str(port),
@@ -58,7 +60,7 @@ class Drive:
     errors: int = 0
 
 
-async def _drive(
+async def drive_window(
     client: EmbeddingClient,
     texts: Sequence[str],
     *,
@@ -68,8 +70,10 @@ async def _drive(
     into: Drive,
     per_call: int = 1,
 ) -> None:
-    """`concurrency` callers embedding `per_call` texts per call; calls completing in
-    the window after `ramp_s` are counted. Returns once every call has finished."""
+    """`concurrency` callers embedding `per_call` texts per call on `client`; calls
+    completing in the `window_s` after `ramp_s` are counted into `into`. Returns once
+    every call has finished, so nothing is in flight between windows. Shared by the
+    throughput figures of every bench that drives the embedding service."""
     measuring = False
     stop = asyncio.Event()
     offset = into.tally.texts
@@ -144,7 +148,7 @@ async def measure_throughput(
     async with EmbeddingClient.connect(target) as client:
 
         async def drive(ramp_s: float, measured_s: float, into: Drive) -> None:
-            await _drive(
+            await drive_window(
                 client,
                 texts,
                 concurrency=args.concurrency,
@@ -158,7 +162,7 @@ async def measure_throughput(
         for batch_size in BASELINE_BATCHES:
             model.encode_for(texts, batch_size, 0.5, Tally())
         for r in range(rounds):
-            await drive(0.5, window_s, service)
+            await drive(RAMP_S, window_s, service)
             _local_slices(model, texts, r, window_s / len(BASELINE_BATCHES), local)
             rates = ", ".join(f"b{b} {local[b].rate:.0f}" for b in BASELINE_BATCHES)
             progress(
@@ -225,7 +229,7 @@ def _measure(
 ) -> EmbeddingRun:
     texts = make_sentences(TEXTS, np.random.default_rng(args.seed))
     with running(
-        "services.embedding", _embedding_env, workdir, "embedding", dict(args.set)
+        "services.embedding", embedding_env, workdir, "embedding", dict(args.set)
     ) as target:
         progress(
             f"throughput: {args.concurrency} callers, warm-up {args.warmup:.0f}s, "

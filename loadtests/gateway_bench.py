@@ -44,7 +44,7 @@ TOKENS_PER_STREAM = 256
 MESSAGE = "Tell me about lighthouses."
 
 
-def _chat(
+def chat_request(
     i: int, max_tokens: int, mode: gateway_pb2.ModerationMode.ValueType
 ) -> gateway_pb2.ChatRequest:
     return gateway_pb2.ChatRequest(
@@ -72,15 +72,19 @@ def _generate(i: int, max_tokens: int) -> generation_pb2.GenerateRequest:
     )
 
 
-async def _ttft(stub: Any, make: Any, calls: int, is_delta: Any) -> list[float]:
+async def ttft_samples(
+    stub: Any, make: Any, calls: int, is_delta: Any, *, warmup: int = 10
+) -> list[float]:
+    """Seconds to the first event that `is_delta` accepts, of `calls` streams one
+    after another (`make(i)` is the i-th request), after `warmup` untimed ones."""
     samples = []
-    for i in range(calls + 10):
+    for i in range(calls + warmup):
         started = time.perf_counter()
         first: float | None = None
         async for event in stub(make(i), timeout=30):
             if first is None and is_delta(event):
                 first = time.perf_counter() - started
-        if i >= 10 and first is not None:
+        if i >= warmup and first is not None:
             samples.append(first)
     return samples
 
@@ -183,15 +187,17 @@ async def _measure(targets: dict[str, str], calls: int, selected: frozenset[str]
 
         if TURN_FIGURE in selected:
             out["echo"] = await echo_latencies(targets["echo"], calls)
-            out["direct"] = await _ttft(generate, lambda i: _generate(i, 8), calls, delta)
+            out["direct"] = await ttft_samples(generate, lambda i: _generate(i, 8), calls, delta)
             optimistic = gateway_pb2.MODERATION_MODE_OPTIMISTIC
-            out["gateway"] = await _ttft(chat, lambda i: _chat(i, 8, optimistic), calls, delta)
-            out["speculative"] = await _ttft(
-                spec_chat, lambda i: _chat(i, 8, optimistic), calls, delta
+            out["gateway"] = await ttft_samples(
+                chat, lambda i: chat_request(i, 8, optimistic), calls, delta
+            )
+            out["speculative"] = await ttft_samples(
+                spec_chat, lambda i: chat_request(i, 8, optimistic), calls, delta
             )
             buffered = gateway_pb2.MODERATION_MODE_BUFFERED
-            out["buffered"] = await _ttft(
-                chat, lambda i: _chat(i, 8, buffered), max(20, calls // 5), delta
+            out["buffered"] = await ttft_samples(
+                chat, lambda i: chat_request(i, 8, buffered), max(20, calls // 5), delta
             )
         if TOKEN_FIGURE in selected:
 
@@ -203,7 +209,9 @@ async def _measure(targets: dict[str, str], calls: int, selected: frozenset[str]
             )
             out["gateway_streams"] = await _streams(
                 chat,
-                lambda i: _chat(i, TOKENS_PER_STREAM, gateway_pb2.MODERATION_MODE_OPTIMISTIC),
+                lambda i: chat_request(
+                    i, TOKENS_PER_STREAM, gateway_pb2.MODERATION_MODE_OPTIMISTIC
+                ),
                 tokens,
             )
     return out

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from loadtests.figures import progress
 from services.common.process import ServiceProcess, free_port
+from services.common.settings import ChannelTLSSettings
 
 
 def bench_env() -> dict[str, str]:
@@ -26,10 +27,13 @@ def running(
     workdir: Path,
     label: str,
     overrides: dict[str, str] | None = None,
+    *,
+    tls: ChannelTLSSettings | None = None,
 ) -> Iterator[str]:
     """A started service process for the block (its target); always stopped after.
     `env` gives the service's settings for its port; `overrides` (from --set) are
-    applied last, to compare settings."""
+    applied last, to compare settings; `tls`: how to reach its health check when it
+    serves with TLS."""
     port = free_port()
     proc = ServiceProcess(
         module,
@@ -37,6 +41,7 @@ def running(
         {**env(port), **(overrides or {})},
         workdir / f"{label}.log",
         base_env=bench_env(),
+        tls=tls,
     )
     try:
         proc.start()
