@@ -17,11 +17,13 @@ one "invalid credentials": never which check failed. That reason goes to the log
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import json
 import logging
 import time
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +87,16 @@ class EdgeAuthSettings(BaseModel):
     )
     leeway_s: float = Field(30.0, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat.")
     jwks_cache_s: float = Field(300.0, gt=0, description="How long a fetched JWKS is kept.")
+    token_cache_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="How long a verified token's identity is kept, so a client that "
+        "reuses its token is not verified again on every call (never past the "
+        "token's exp); 0 verifies every call. A key removed from the JWKS stops "
+        "working for cached tokens after this long.",
+    )
+    token_cache_size: int = Field(10_000, ge=1, description="Most verified tokens kept.")
     jwks_refresh_cooldown_s: float = Field(
         30.0, ge=0, description="Unknown key ids refetch the JWKS at most this often."
     )
@@ -334,11 +346,32 @@ class JwtVerifier:
     """Verifies a token's signature and registered claims and maps its claims to an
     Identity (tenant, user and scope claims named by the settings)."""
 
-    def __init__(self, settings: EdgeAuthSettings, keys: KeySource) -> None:
+    def __init__(
+        self, settings: EdgeAuthSettings, keys: KeySource, clock: Callable[[], float] = time.time
+    ) -> None:
         self._s = settings
         self._keys = keys
+        self._clock = clock
+        # SHA-256 of a verified token -> (its identity, when to verify it again). An
+        # LRU by insertion order; only tokens that passed every check enter it.
+        self._verified: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
 
     async def verify(self, token: str) -> Identity:
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._verified.get(digest)
+        now = self._clock()
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        self._verified.pop(digest, None)
+        identity, expires = await self._verify(token)
+        if self._s.token_cache_s > 0:
+            self._verified[digest] = (identity, min(now + self._s.token_cache_s, expires))
+            while len(self._verified) > self._s.token_cache_size:
+                self._verified.popitem(last=False)
+        return identity
+
+    async def _verify(self, token: str) -> tuple[Identity, float]:
+        """The token's identity and its exp (a checked, required claim)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -365,7 +398,8 @@ class JwtVerifier:
         if not tenant:
             raise Rejected("bad_claims")
         user = _claim_id(claims, s.user_claim, "")
-        return Identity(tenant, user, _scopes(claims, s.scope_claims), "jwt")
+        identity = Identity(tenant, user, _scopes(claims, s.scope_claims), "jwt")
+        return identity, float(claims["exp"])
 
 
 # ---------------------------------------------------------------------- the authenticator

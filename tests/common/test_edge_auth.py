@@ -382,7 +382,13 @@ async def test_a_jwks_file_is_reread_when_it_changes(
 ) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps({"keys": [keys["EdDSA"].jwk()]}))
-    s = EdgeAuthSettings(mode="required", issuer="atalaya-test", audience=AUDIENCE, jwks_file=path)
+    s = EdgeAuthSettings(
+        mode="required",
+        issuer="atalaya-test",
+        audience=AUDIENCE,
+        jwks_file=path,
+        token_cache_s=0,  # every call verified: the key's removal shows at once
+    )
     auth = EdgeAuthenticator(
         jwt_verifier=JwtVerifier(s, FileKeys(path, check_interval_s=0)), api_keys=None
     )
@@ -393,6 +399,34 @@ async def test_a_jwks_file_is_reread_when_it_changes(
     path.write_text(json.dumps({"keys": [keys["RS256"].jwk()]}))
     assert (await auth.authenticate(METHOD, bearer(rs_token), {})).user == "ana"
     await refused(auth, bearer(keys["EdDSA"].sign(claims)))
+
+
+async def test_a_verified_token_is_kept_until_the_cache_time_or_its_exp(
+    tmp_path: Path, keys: dict[str, SigningKey]
+) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [keys["RS256"].jwk()]}))
+    s = EdgeAuthSettings(
+        mode="required", issuer="atalaya-test", audience=AUDIENCE, jwks_file=path, token_cache_s=60
+    )
+    now = [time.time()]
+    verifier = JwtVerifier(s, FileKeys(path, check_interval_s=0), clock=lambda: now[0])
+    auth = EdgeAuthenticator(jwt_verifier=verifier, api_keys=None)
+    claims = {"iss": "atalaya-test", "aud": AUDIENCE, "sub": "ana"}
+    long_lived = keys["RS256"].sign({**claims, "exp": now[0] + 3600})
+    short_lived = keys["RS256"].sign({**claims, "sub": "bob", "exp": now[0] + 10})
+    assert (await auth.authenticate(METHOD, bearer(long_lived), {})).user == "ana"
+    assert (await auth.authenticate(METHOD, bearer(short_lived), {})).user == "bob"
+    path.write_text(json.dumps({"keys": [keys["EdDSA"].jwk()]}))  # the RS256 key is gone
+    # Within the cache time both are still known without their key...
+    assert (await auth.authenticate(METHOD, bearer(long_lived), {})).user == "ana"
+    assert (await auth.authenticate(METHOD, bearer(short_lived), {})).user == "bob"
+    # ...the short-lived one never past its exp, the other not past the cache time.
+    now[0] += 11
+    await refused(auth, bearer(short_lived))
+    assert (await auth.authenticate(METHOD, bearer(long_lived), {})).user == "ana"
+    now[0] += 50
+    await refused(auth, bearer(long_lived))
 
 
 # ---------------------------------------------------------------------- API keys
