@@ -24,7 +24,10 @@ class EmbeddingSettings(ServiceSettings):
     )
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1...")
     torch_threads: int | None = Field(
-        None, ge=1, description="Intra-op threads; unset: torch's default."
+        None,
+        ge=1,
+        description="torch intra-op threads; unset: the CPUs the container may use (its "
+        "cgroup CPU quota, else its CPU affinity).",
     )
     max_batch: int = Field(32, ge=1, le=1024, description="Texts per model call.")
     max_wait_ms: float = Field(

@@ -3,13 +3,17 @@ any local sentence-transformers model directory on CPU or GPU)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from services.common import cpu
 from services.embedding.backends.base import EmbeddingBackend, Encoded
+
+log = logging.getLogger(__name__)
 
 
 def bundled_model_path() -> Path:
@@ -35,8 +39,17 @@ class SentenceTransformerBackend(EmbeddingBackend):
         import torch
         from sentence_transformers import SentenceTransformer
 
-        if self._threads is not None:
-            torch.set_num_threads(self._threads)
+        # Intra-op threads: the setting, else the container's CPU limit (torch's own
+        # default is every core of the node, throttled under a CPU quota).
+        threads = cpu.threads(self._threads)
+        torch.set_num_threads(threads)
+        log.info(
+            "embedding: torch threads",
+            extra={
+                "threads": threads,
+                "source": "setting" if self._threads is not None else "cpu limit",
+            },
+        )
         path = self._path or str(bundled_model_path())
         model = SentenceTransformer(path, device=self._device, local_files_only=True)
         model.eval()
