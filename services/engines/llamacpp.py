@@ -50,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from services.common import cpu
 from services.common.errors import InvalidArgument, Unavailable
 from services.engines.base import (
     SAMPLING_FIELDS,
@@ -98,7 +99,9 @@ class LlamaCppConfig:
     #: model, else the GGUF file name without its extension.
     served_name: str = ""
     n_ctx: int = 2048  # the context window (prompt plus completion)
-    n_threads: int | None = None  # None: llama.cpp's default (the CPU count)
+    #: Threads for generation and prompt evaluation; None: the CPUs the container
+    #: may use (services.common.cpu.cpu_limit), not llama.cpp's default (the node's).
+    n_threads: int | None = None
     n_batch: int = 512  # prompt tokens evaluated per step
     default_max_tokens: int = 256
     #: Requests that may wait for the single slot before ResourceExhausted.
@@ -241,12 +244,20 @@ class LlamaCppEngine(Engine):
         from llama_cpp import Llama
 
         c = self._config
+        threads = cpu.threads(c.n_threads)
+        log.info(
+            "llamacpp: threads",
+            extra={
+                "threads": threads,
+                "source": "setting" if c.n_threads is not None else "cpu limit",
+            },
+        )
         try:
             return Llama(
                 model_path=path,
                 n_ctx=c.n_ctx,
-                n_threads=c.n_threads,
-                n_threads_batch=c.n_threads,
+                n_threads=threads,
+                n_threads_batch=threads,
                 n_batch=min(c.n_batch, c.n_ctx),
                 verbose=False,
             )

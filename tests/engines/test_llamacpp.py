@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,7 @@ from services.engines.llamacpp import (
     bundled_gguf_path,
 )
 from services.engines.prompt import StopMatch, StopMatcher, Utf8Assembler
+from tests.support.cgroups import limit_cpus
 from tests.support.engines import collect_events
 from tests.support.polling import async_wait_until
 
@@ -112,6 +115,28 @@ async def test_not_started_is_unavailable() -> None:
         await eng.count_tokens(chat())
     with pytest.raises(Unavailable):
         await anext(eng.generate(chat()))
+
+
+def llama_threads(engine: LlamaCppEngine) -> tuple[int, int]:
+    """(n_threads, n_threads_batch) of the loaded llama.cpp model."""
+    llm: Any = engine._llm
+    return llm.n_threads, llm.n_threads_batch
+
+
+async def test_threads_default_to_the_containers_cpu_limit_unless_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A container limited to one CPU: llama.cpp's own default would be the node's.
+    limit_cpus(monkeypatch, tmp_path, 1)
+    loaded = []
+    for n_threads in (None, 2):
+        eng = LlamaCppEngine(LlamaCppConfig(n_ctx=64, n_threads=n_threads))
+        await eng.start()
+        try:
+            loaded.append(llama_threads(eng))
+        finally:
+            await eng.stop()
+    assert loaded == [(1, 1), (2, 2)]
 
 
 def test_config_validation() -> None:
