@@ -30,6 +30,13 @@ How a request runs:
   vLLM's generator and calls `EngineClient.abort(request_id)` in a `finally`, so
   the sequence leaves the batch at once.
 
+Worker processes: vLLM runs its engine core (and, with tensor parallelism, its GPU
+workers) in child processes. By the time the engine starts, this process already
+runs the gRPC server's and OpenTelemetry's threads, and forking a process with
+threads copies locks that those threads may hold; so `start` sets
+VLLM_WORKER_MULTIPROC_METHOD=spawn (vLLM reads it when it creates the processes)
+unless the environment already names a method.
+
 Queue signals are tracked locally (vLLM's scheduler statistics are not part of
 EngineClient): a request is *queued* from submission until its first output
 (it waits for a batch slot and then for prefill), and *in flight* from its first
@@ -46,6 +53,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -254,6 +262,23 @@ def build_async_llm(config: VllmConfig) -> EngineClientLike:
 
 EngineFactory = Callable[[VllmConfig], EngineClientLike]
 
+#: vLLM's setting for how it starts its worker processes ("fork" or "spawn").
+MULTIPROC_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
+#: What this adapter sets unless the environment says otherwise (see the module doc).
+MULTIPROC_METHOD = "spawn"
+
+
+def use_spawned_workers() -> str:
+    """Make vLLM spawn its worker processes (never fork this threaded process),
+    unless VLLM_WORKER_MULTIPROC_METHOD is set already; the method in effect."""
+    method = os.environ.setdefault(MULTIPROC_METHOD_ENV, MULTIPROC_METHOD)
+    if method != MULTIPROC_METHOD:
+        log.warning(
+            "vllm: worker processes are not spawned",
+            extra={"env": MULTIPROC_METHOD_ENV, "method": method},
+        )
+    return method
+
 
 def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     """Keyword arguments for `vllm.SamplingParams`: only the fields the caller set,
@@ -387,9 +412,14 @@ class VllmEngine(Engine):
             self._bindings = self._bindings_source
         else:
             self._bindings = self._bindings_source()
+        method = use_spawned_workers()
         log.info(
             "vllm: loading model",
-            extra={"model": self._config.name, "model_id": self._config.model},
+            extra={
+                "model": self._config.name,
+                "model_id": self._config.model,
+                "worker_method": method,
+            },
         )
         engine = await asyncio.to_thread(self._factory, self._config)
         self._tokenizer = await engine.get_tokenizer()

@@ -21,6 +21,7 @@ from services.engines.base import (
     SamplingParams,
 )
 from services.engines.vllm import (
+    MULTIPROC_METHOD_ENV,
     VllmConfig,
     VllmEngine,
     engine_args_kwargs,
@@ -40,6 +41,12 @@ def _has_vllm_gpu() -> bool:
 
 
 HAS_VLLM_GPU = _has_vllm_gpu()
+
+
+@pytest.fixture(autouse=True)
+def _worker_method_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting an engine sets VLLM_WORKER_MULTIPROC_METHOD: undone after each test."""
+    monkeypatch.delenv(MULTIPROC_METHOD_ENV, raising=False)
 
 
 def make_config(**overrides: Any) -> VllmConfig:
@@ -434,6 +441,20 @@ async def test_health_follows_the_engine() -> None:
     await engine.stop()
     assert double.shut_down
     assert await engine.check_health() is False
+
+
+async def test_the_engine_starts_with_spawned_worker_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine, double = await started()
+    await engine.stop()
+    assert double.worker_method == "spawn"
+
+    # An operator's explicit choice stays.
+    monkeypatch.setenv(MULTIPROC_METHOD_ENV, "fork")
+    engine, double = await started()
+    await engine.stop()
+    assert double.worker_method == "fork"
 
 
 async def test_info_describes_the_model() -> None:

@@ -20,11 +20,12 @@ The double also stands in for `vllm.SamplingParams`, `LoRARequest` and
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.engines.vllm import VllmBindings, VllmConfig
+from services.engines.vllm import MULTIPROC_METHOD_ENV, VllmBindings, VllmConfig
 
 BOS = 1
 DELTA = "DELTA"  # stands in for vllm.sampling_params.RequestOutputKind.DELTA
@@ -139,6 +140,8 @@ class VllmDouble:
     closed: list[str] = field(default_factory=list)
     shut_down: bool = False
     config: VllmConfig | None = None
+    #: VLLM_WORKER_MULTIPROC_METHOD when the engine was built (None: unset).
+    worker_method: str | None = None
     _stop: dict[str, asyncio.Event] = field(default_factory=dict)
     _blocked: dict[str, asyncio.Event] = field(default_factory=dict)
 
@@ -256,6 +259,8 @@ class VllmDouble:
         await self._blocked.setdefault(request_id, asyncio.Event()).wait()
 
     def factory(self, config: VllmConfig) -> VllmDouble:
-        """An engine_factory for VllmEngine that returns this double."""
+        """An engine_factory for VllmEngine that returns this double. Like vLLM when
+        it creates its worker processes, it reads VLLM_WORKER_MULTIPROC_METHOD."""
         self.config = config
+        self.worker_method = os.environ.get(MULTIPROC_METHOD_ENV)
         return self
