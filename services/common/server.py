@@ -1,11 +1,29 @@
 """The grpc.aio server runner every service uses.
 
 A service provides a `Service` (its servicers, start/ready/stop); the runner adds
-grpc.health.v1 (SERVING only while the service says it is ready), reflection,
-message size limits, keepalive, max connection age, OpenTelemetry, transport
-security (settings.tls: plaintext, TLS or mTLS, certificates reloaded from disk when
-they change) and the one interceptor that authenticates each caller and maps errors,
-and drains in-flight RPCs on SIGTERM within the grace period.
+grpc.health.v1, reflection, message size limits, keepalive, max connection age,
+OpenTelemetry, transport security (settings.tls: plaintext, TLS or mTLS,
+certificates reloaded from disk when they change) and the one interceptor that
+authenticates each caller and maps errors, and drains in-flight RPCs on SIGTERM
+within the grace period.
+
+Health answers two questions under different service names, on the service port
+and on the plaintext health port alike:
+
+- readiness: "" (overall) and each of the service's gRPC service names are SERVING
+  only while the service says it is ready (`Service.ready`): NOT_SERVING while it
+  starts (a model loads, a database is not reachable yet) and whenever a dependency
+  it needs is away. Traffic follows it (a readiness probe, the local stack).
+- liveness: the name LIVENESS ("liveness") is SERVING from the moment the server
+  serves until shutdown begins, whatever the dependencies say; it fails only when
+  the process cannot answer at all (its event loop is stuck or gone). A liveness
+  probe follows it, so an outage of a dependency never restarts a healthy process.
+
+Drain: on SIGTERM (or SIGINT) every health name turns NOT_SERVING, the server stops
+accepting new RPCs, and RPCs in flight, streams included, run on for up to
+settings.grace_period_s; those still running then are cancelled, and the service
+releases its resources (`Service.stop`). The grace period should be the pod's
+termination grace minus its preStop delay and a few seconds for the release.
 
 Authentication: the runner's `authenticator` (an identity.Authenticator) proves each
 RPC's caller. Its default, `default_authenticator`, is the services' peer
@@ -46,6 +64,8 @@ S = TypeVar("S", bound=ServiceSettings)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+#: The health service name of liveness (see the module doc); "" is readiness.
+LIVENESS = "liveness"
 
 
 class Service(abc.ABC):
@@ -127,7 +147,8 @@ class ServerRunner:
         self._serving: bool | None = None
 
     async def start(self) -> int:
-        """Bind, answer health (NOT_SERVING), start the service, then report SERVING."""
+        """Bind, answer health (live, not ready), start the service, then report
+        ready (SERVING) when the service says so."""
         service = self.service
         service.add_to_server(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -144,6 +165,7 @@ class ServerRunner:
         if self.port == 0:
             raise RuntimeError(f"cannot bind {address}")
         await self._server.start()
+        await self._health.set(LIVENESS, SERVING)
         await self._set_serving(False)
         log.info(
             "listening",
@@ -182,6 +204,7 @@ class ServerRunner:
             self._health_server = None
 
     async def _set_serving(self, serving: bool) -> None:
+        """Readiness: "" and the service's names (never LIVENESS)."""
         if serving == self._serving:
             return
         self._serving = serving
@@ -204,7 +227,9 @@ class ServerRunner:
             await self._check_ready()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight RPCs finish within the grace period, release."""
+        """Every health name NOT_SERVING (liveness too), stop accepting, let in-flight
+        RPCs (streams included) finish within the grace period (default:
+        settings.grace_period_s), cancel the rest, release."""
         if self._readiness_task is not None:
             self._readiness_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -231,22 +256,30 @@ async def _serve(
     settings: ServiceSettings,
     authenticator: Authenticator | None = None,
 ) -> None:
+    """Serve until SIGTERM or SIGINT, then drain for settings.grace_period_s. A signal
+    during the start cancels it (a model load, the memory service's wait for its
+    database) and ends the process without a drain."""
     runner = ServerRunner(build(), settings, authenticator=authenticator)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    starting = asyncio.create_task(runner.start())
-    stopping = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if starting in done:
-        starting.result()  # a failed start ends the process with its error
-        await stopping
-    else:
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
-    await runner.stop()
+    try:
+        starting = asyncio.create_task(runner.start())
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            starting.result()  # a failed start ends the process with its error
+            await stopping
+        else:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        await runner.stop()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 def run_service(
