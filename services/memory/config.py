@@ -25,6 +25,19 @@ class MemorySettings(ServiceSettings):
         "embedded PostgreSQL is started in state_dir.",
     )
     state_dir: Path = Field(Path(".state/memory"), description="Embedded PostgreSQL's home.")
+    db_startup_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="At start, keep trying to reach the database this long (health "
+        "NOT_SERVING, liveness SERVING meanwhile) before the process exits with the "
+        "error: PostgreSQL may start after the service. 0: one attempt.",
+    )
+    db_retry_initial_backoff_s: float = Field(
+        0.5, gt=0, description="Wait after the first failed attempt; doubles after each."
+    )
+    db_retry_max_backoff_s: float = Field(
+        5.0, gt=0, description="The longest wait between attempts."
+    )
     embedded_stop_on_exit: bool = Field(
         True, description="Stop the embedded PostgreSQL when the service stops."
     )

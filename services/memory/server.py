@@ -1,15 +1,26 @@
 """Wires the memory service: store (embedded or external PostgreSQL) + embedding
-client -> core -> servicer -> runner."""
+client -> core -> servicer -> runner.
+
+At start the service waits for its database: PostgreSQL may come up after it (a
+rollout of both, a node restart). It tries, waits (doubling from
+db_retry_initial_backoff_s up to db_retry_max_backoff_s) and tries again until
+db_startup_timeout_s has passed; health says NOT_SERVING meanwhile and liveness
+SERVING, so neither traffic nor a restart reaches it. Only connection failures are
+retried: a refused CREATE EXTENSION or a store of another vector dimension ends
+the start at once."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 from atalaya.memory.v1 import memory_pb2, memory_pb2_grpc
 
 from services.client import EmbeddingClient
 from services.client.embedder import EmbeddingServiceEmbedder
 from services.common.embedder import Embedder
+from services.common.errors import Unavailable
 from services.common.service import CoreService
 from services.memory.config import MemorySettings
 from services.memory.core import MemoryCore
@@ -17,7 +28,51 @@ from services.memory.embedded import EmbeddedPostgres
 from services.memory.servicer import MemoryServicer
 from services.memory.store import PostgresStore
 
+log = logging.getLogger(__name__)
+
 SERVICE_NAME = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
+
+
+async def open_store(store: PostgresStore, dsn: str, settings: MemorySettings) -> None:
+    """`store.open(dsn)`, retried on connection failures (Unavailable) within
+    settings.db_startup_timeout_s; the last failure is raised when it runs out.
+    A plain loop: the retry libraries would add a dependency for these few lines."""
+    window = settings.db_startup_timeout_s
+    if window == 0:
+        await store.open(dsn)
+        return
+    deadline = time.monotonic() + window
+    backoff = settings.db_retry_initial_backoff_s
+    attempt = 1
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            await store.open(dsn, connect_timeout_s=max(remaining, 0.0))
+        except Unavailable as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.error(
+                    "database not reachable within the startup window",
+                    extra={"attempts": attempt, "db_startup_timeout_s": window},
+                )
+                raise
+            delay = min(backoff, remaining)
+            log.warning(
+                "database not reachable yet",
+                extra={
+                    "attempt": attempt,
+                    "reason": str(exc.__cause__ or exc),
+                    "retry_in_s": round(delay, 3),
+                    "remaining_s": round(remaining, 3),
+                },
+            )
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, settings.db_retry_max_backoff_s)
+            attempt += 1
+        else:
+            if attempt > 1:
+                log.info("database reached", extra={"attempts": attempt})
+            return
 
 
 class MemoryService(CoreService[MemoryCore, MemoryServicer]):
@@ -50,7 +105,7 @@ class MemoryService(CoreService[MemoryCore, MemoryServicer]):
         else:
             assert self._settings.dsn is not None
             dsn = self._settings.dsn.get_secret_value()
-        await self._store.open(dsn)
+        await open_store(self._store, dsn, self._settings)
 
     async def ready(self) -> bool:
         return await self.core.ready()

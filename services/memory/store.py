@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -155,11 +156,16 @@ class PostgresStore(MemoryStore):
             "SET hnsw.iterative_scan = relaxed_order"
         )
 
-    async def open(self, dsn: str) -> None:
+    async def open(self, dsn: str, connect_timeout_s: float | None = None) -> None:
         """Migrate the schema at `dsn`, check the dimension and that row-level
-        security binds the store's queries, open the pool."""
+        security binds the store's queries, open the pool. `connect_timeout_s` bounds
+        the wait for the first connection (libpq's connect_timeout: whole seconds, at
+        least 2); None: the driver's default."""
+        options: dict[str, Any] = {"autocommit": True}
+        if connect_timeout_s is not None:
+            options["connect_timeout"] = max(2, math.ceil(connect_timeout_s))
         with db_errors():
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            async with await psycopg.AsyncConnection.connect(dsn, **options) as conn:
                 applied = await migrate(conn, self._migration_params)
                 cur = await conn.execute(
                     "SELECT value FROM store_info WHERE key = 'embedding_dimension'"

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
 import psycopg
 import pytest
 from atalaya.memory.v1 import memory_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.client import EmbeddingClient, MemoryClient
 from services.client.memory import message
+from services.common.server import LIVENESS
 from tests.integration.conftest import MemoryFactory
 from tests.support.polling import async_wait_until
 from tests.support.postgres import TestPostgres
@@ -18,6 +21,7 @@ from tests.support.processes import (
     NOT_SERVING,
     SERVING,
     ServiceProcess,
+    free_port,
     health_status,
     wait_for_status,
 )
@@ -136,6 +140,91 @@ async def test_postgres_outage_is_unavailable_and_not_serving_then_recovers(
             assert turn.turn_index == 1
     finally:
         pg.stop()
+
+
+def lone_memory(dsn: str, log: Path, **env: str) -> ServiceProcess:
+    """A memory process (not started) whose embedding service is nowhere: its
+    readiness follows the database only."""
+    port = free_port()
+    return ServiceProcess(
+        "services.memory",
+        port,
+        {
+            "ATALAYA_MEMORY_PORT": str(port),
+            "ATALAYA_MEMORY_DSN": dsn,
+            "ATALAYA_MEMORY_EMBEDDING__TARGET": "127.0.0.1:9",
+            "ATALAYA_MEMORY_GRACE_PERIOD_S": "2",
+            "ATALAYA_MEMORY_READINESS_INTERVAL_S": "0.3",
+            **{f"ATALAYA_MEMORY_{k.upper()}": v for k, v in env.items()},
+        },
+        log,
+    )
+
+
+async def health_of(target: str, service: str) -> str | None:
+    """The status name of `service` at `target`; None while nothing answers."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            response = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=2
+            )
+        except grpc.aio.AioRpcError:
+            return None
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+async def test_memory_started_before_postgresql_waits_for_it(tmp_path: Path) -> None:
+    pg = TestPostgres(tmp_path / "late-pg")
+    dsn = pg.start()  # the data directory and its DSN; then the server goes down
+    pg.stop()
+    memory = lone_memory(
+        dsn, tmp_path / "memory.log", db_startup_timeout_s="120", db_retry_max_backoff_s="0.5"
+    )
+    starting = asyncio.create_task(asyncio.to_thread(memory.start, 120.0))  # until SERVING
+    try:
+
+        async def alive() -> bool:
+            return await health_of(memory.target, LIVENESS) == SERVING
+
+        await async_wait_until(alive, timeout_s=60, message=memory.log_tail)
+
+        def retrying() -> bool:
+            return memory.logs().count("database not reachable yet") >= 2
+
+        await async_wait_until(retrying, timeout_s=30, message=memory.log_tail)
+        waiting = (await health_of(memory.target, ""), await health_of(memory.target, LIVENESS))
+        assert not starting.done()
+
+        await asyncio.to_thread(pg.start)
+        await starting
+        assert await health_of(memory.target, LIVENESS) == SERVING
+        async with MemoryClient.connect(memory.target) as client:
+            turn = await client.append_turn(
+                user_id="u", session_id="s", request_id="t-1", messages=[message("user", "hi")]
+            )
+    finally:
+        memory.stop()  # a start still waiting then sees the process exit
+        await asyncio.gather(starting, return_exceptions=True)
+        pg.stop()
+    assert waiting == (NOT_SERVING, SERVING)
+    assert turn.created
+    assert '"msg": "database reached"' in memory.logs()
+
+
+def test_memory_exits_when_postgresql_stays_away_past_its_startup_window(
+    tmp_path: Path,
+) -> None:
+    # No server's socket in tmp_path; the password must not reach the logs.
+    missing = f"postgresql://postgres:pw-never-logged@/postgres?host={tmp_path}"
+    memory = lone_memory(missing, tmp_path / "memory.log", db_startup_timeout_s="1")
+    with pytest.raises(RuntimeError, match="exited early"):
+        memory.start(60)
+    assert memory.proc is not None
+    assert memory.proc.returncode == 1
+    logs = memory.logs()
+    assert "database not reachable yet" in logs
+    assert "database not reachable within the startup window" in logs
+    assert "pw-never-logged" not in logs
 
 
 async def test_embedding_outage_fails_embedding_calls_only(
