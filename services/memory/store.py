@@ -57,6 +57,18 @@ ROLE = "atalaya_memory"
 TENANT_SETTING = "atalaya.tenant"
 #: Tables whose rows belong to a tenant, each under row-level security.
 TENANT_TABLES = ("sessions", "turns", "memories", "user_memory_stats", "feedback")
+#: The oldest pgvector the store runs on: every connection sets hnsw.iterative_scan
+#: (pgvector 0.8.0), so that filtered HNSW searches return their k rows.
+MIN_PGVECTOR = (0, 8)
+
+
+def pgvector_supported(version: str) -> bool:
+    """Whether pgvector `version` ("0.8.1") is MIN_PGVECTOR or newer."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return found >= MIN_PGVECTOR
 
 
 def migration_files() -> list[tuple[int, str]]:
@@ -166,7 +178,14 @@ class PostgresStore(MemoryStore):
             options["connect_timeout"] = max(2, math.ceil(connect_timeout_s))
         with db_errors():
             async with await psycopg.AsyncConnection.connect(dsn, **options) as conn:
-                applied = await migrate(conn, self._migration_params)
+                try:
+                    applied = await migrate(conn, self._migration_params)
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise FailedPrecondition(
+                        "the database role may not apply the schema: "
+                        f"{exc.diag.message_primary} (see the README's PostgreSQL requirements)"
+                    ) from exc
+                await _check_pgvector(conn)
                 cur = await conn.execute(
                     "SELECT value FROM store_info WHERE key = 'embedding_dimension'"
                 )
@@ -516,6 +535,18 @@ async def _memory_ids(
         (tenant, user_id, request_id),
     )
     return [str(r[0]) for r in await cur.fetchall()]
+
+
+async def _check_pgvector(conn: psycopg.AsyncConnection[Any]) -> None:
+    cur = await conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    row = await cur.fetchone()
+    version = str(row[0]) if row else "none"
+    if not pgvector_supported(version):
+        raise FailedPrecondition(
+            f"the database has pgvector {version}; the store needs "
+            f"{'.'.join(map(str, MIN_PGVECTOR))} or newer (after upgrading the package: "
+            "ALTER EXTENSION vector UPDATE)"
+        )
 
 
 async def _query_role(conn: psycopg.AsyncConnection[Any]) -> str | None:

@@ -1,7 +1,8 @@
 """PostgresStore's tenants on a real PostgreSQL: every row carries its tenant, every
 operation stays in it, row-level security holds a query that forgets the filter
 to its tenant, rows stored before tenants existed land in the default tenant, and
-the store refuses to start where the policies would not bind its queries."""
+the store refuses to start where the policies would not bind its queries, or where
+its login role may not create pgvector or the database's pgvector is too old."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from services.memory.store import (
     PostgresStore,
     migrate,
     migration_files,
+    pgvector_supported,
 )
 from tests.support.fakes import DIM, hashed_vector
 from tests.support.postgres import TestPostgres
@@ -239,17 +241,21 @@ def dsn_as(dsn: str, user: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
-async def database_owned_by(postgres: TestPostgres, options: str) -> tuple[str, str]:
+async def database_owned_by(
+    postgres: TestPostgres, options: str, *, extension: bool = True
+) -> tuple[str, str]:
     """A new login role with `options`, and a database it owns with pgvector in it
-    (creating the extension needs a superuser); its DSN as that role."""
+    (creating the extension needs a superuser) unless `extension` is False; its DSN
+    as that role."""
     role = f"r_{uuid.uuid4().hex[:10]}"
     dsn = postgres.new_database()
     database = urlsplit(dsn).path.lstrip("/")
     async with await psycopg.AsyncConnection.connect(postgres.dsn, autocommit=True) as conn:
         await conn.execute(f"CREATE ROLE {role} LOGIN {options}")
         await conn.execute(f'ALTER DATABASE "{database}" OWNER TO {role}')
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    if extension:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     return role, dsn_as(dsn, role)
 
 
@@ -281,6 +287,21 @@ async def test_a_login_role_that_bypasses_the_policies_and_cannot_leave_them_fai
     with pytest.raises(FailedPrecondition, match="bypasses row-level security"):
         await refused.open(dsn)
     await refused.close()
+
+
+async def test_a_role_that_may_not_create_pgvector_fails_start_saying_so(
+    postgres: TestPostgres,
+) -> None:
+    _, dsn = await database_owned_by(postgres, "NOSUPERUSER", extension=False)
+    refused = PostgresStore(dimension=DIM)
+    with pytest.raises(FailedPrecondition, match='permission denied to create extension "vector"'):
+        await refused.open(dsn)
+    await refused.close()
+
+
+def test_pgvector_before_0_8_is_refused() -> None:
+    assert [pgvector_supported(v) for v in ("0.8.0", "0.8.6", "0.10.1", "1.0")] == [True] * 4
+    assert [pgvector_supported(v) for v in ("0.7.4", "0.5.1", "none", "")] == [False] * 4
 
 
 async def test_a_table_without_forced_policies_fails_start(
