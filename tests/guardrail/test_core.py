@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from services.common import semconv
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
@@ -259,7 +259,9 @@ def gauges(reader: InMemoryMetricReader, name: str) -> dict[str, int]:
             for metric in sm.metrics:
                 if metric.name == name:
                     for point in metric.data.data_points:
-                        key = str(point.attributes.get(semconv.ATALAYA_GUARD_DETECTOR, ""))
+                        assert isinstance(point, NumberDataPoint)
+                        attributes = point.attributes or {}
+                        key = str(attributes.get(semconv.ATALAYA_GUARD_DETECTOR, ""))
                         found[key] = int(point.value)
     return found
 
