@@ -6,15 +6,19 @@ test_metric_names.py."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import helm_python as helm
 import promql_parser
 import pytest
+import yaml
 
 from tests.charts.helm import (
+    KSERVE_VALUES,
     OPTIONS,
     RENDERINGS,
+    ROOT,
     SERVICES,
     Obj,
     component,
@@ -133,25 +137,38 @@ def _masks_a_missing_series(query: str) -> list[str]:
     return found
 
 
+def assert_fails_loudly(scaled: Obj) -> None:
+    """A ScaledObject whose every trigger errs on a missing series, with a fallback."""
+    name, spec = scaled["metadata"]["name"], scaled["spec"]
+    fallback = spec["fallback"]
+    assert fallback["failureThreshold"] >= 1, name
+    assert spec["minReplicaCount"] <= fallback["replicas"] <= spec["maxReplicaCount"], name
+    for trigger in spec["triggers"]:
+        meta = trigger["metadata"]
+        assert trigger["type"] == "prometheus", name
+        # KEDA's default (true) reads an empty result as 0: the fallback never fires.
+        assert meta["ignoreNullValues"] == "false", (name, trigger["name"])
+        # The fallback's formula (target * replicas) is for AverageValue triggers.
+        assert trigger["metricType"] == "AverageValue"
+        assert meta["serverAddress"].startswith("http")
+        assert _masks_a_missing_series(meta["query"]) == [], (name, meta["query"])
+        expr = promql_parser.parse(meta["query"])
+        # One element, as KEDA's Prometheus scaler requires.
+        assert isinstance(expr, promql_parser.AggregateExpr), meta["query"]
+        assert expr.modifier is None or not expr.modifier.labels, meta["query"]
+
+
 @pytest.mark.parametrize("profile", [p for p in RENDERINGS if scaled_objects(rendered(p))])
 def test_keda_triggers_fail_on_a_missing_metric_and_fall_back(profile: str) -> None:
-    for name, scaled in scaled_objects(rendered(profile)).items():
-        spec = scaled["spec"]
-        fallback = spec["fallback"]
-        assert fallback["failureThreshold"] >= 1, name
-        assert spec["minReplicaCount"] <= fallback["replicas"] <= spec["maxReplicaCount"], name
-        for trigger in spec["triggers"]:
-            meta = trigger["metadata"]
-            # KEDA's default (true) reads an empty result as 0: the fallback never fires.
-            assert meta["ignoreNullValues"] == "false", (name, trigger["name"])
-            # The fallback's formula (target * replicas) is for AverageValue triggers.
-            assert trigger["metricType"] == "AverageValue"
-            assert meta["serverAddress"].startswith("http")
-            assert _masks_a_missing_series(meta["query"]) == [], (name, meta["query"])
-            expr = promql_parser.parse(meta["query"])
-            # One element, as KEDA's Prometheus scaler requires.
-            assert isinstance(expr, promql_parser.AggregateExpr), meta["query"]
-            assert expr.modifier is None or not expr.modifier.labels, meta["query"]
+    for scaled in scaled_objects(rendered(profile)).values():
+        assert_fails_loudly(scaled)
+
+
+def test_a_trigger_that_would_read_zero_is_caught() -> None:
+    scaled = json.loads(json.dumps(scaled_objects(rendered("gpu"))["generation"]))
+    scaled["spec"]["triggers"][0]["metadata"]["ignoreNullValues"] = "true"
+    with pytest.raises(AssertionError, match="queue-depth"):
+        assert_fails_loudly(scaled)
 
 
 def test_the_masking_check_catches_a_query_that_reads_zero_when_empty() -> None:
@@ -247,3 +264,52 @@ def test_in_flight_rpcs_metric_is_opt_in() -> None:
     assert pods[0]["pods"]["metric"]["name"] == "atalaya_rpc_server_active_requests"
     default = of_kind(rendered("default"), "HorizontalPodAutoscaler")
     assert all(len(h["spec"]["metrics"]) == 1 for h in default)
+
+
+# --- the KServe predictors (k8s/kserve) -----------------------------------------------------
+
+
+def kserve_objects() -> list[Obj]:
+    paths = sorted(p for p in (ROOT / "k8s" / "kserve").glob("*.yaml") if p != KSERVE_VALUES)
+    return [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_kserve_predictors_scale_on_vllms_queue_never_on_cpu() -> None:
+    objects = kserve_objects()
+    services = {o["metadata"]["name"]: o for o in of_kind(objects, "InferenceService")}
+    assert set(services) == {"atalaya-llm", "atalaya-llama-guard"}
+    for isvc in services.values():
+        annotations = isvc["metadata"]["annotations"]
+        # KServe makes no HPA of its own (its default is one on CPU) and leaves the replicas.
+        assert annotations["serving.kserve.io/autoscalerClass"] == "external"
+        assert "serving.kserve.io/metric" not in annotations
+        predictor = isvc["spec"]["predictor"]
+        assert not {"scaleMetric", "scaleTarget", "autoScaling"} & set(predictor)
+    scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in of_kind(objects, "ScaledObject")}
+    assert set(scaled) == {f"{name}-predictor" for name in services}
+    for name in services:
+        so = scaled[f"{name}-predictor"]
+        assert_fails_loudly(so)
+        queries = {t["name"]: t["metadata"]["query"] for t in so["spec"]["triggers"]}
+        selector = f'{{namespace="atalaya",model_name="{name}"}}'
+        assert queries == {
+            "queue-depth": f"sum(vllm:num_requests_waiting{selector})",
+            "in-flight": f"sum(vllm:num_requests_running{selector})",
+        }
+
+
+def test_prometheus_scrapes_the_predictors_vllm_serves_by_its_model_name() -> None:
+    objects = kserve_objects()
+    (runtime,) = of_kind(objects, "ServingRuntime")
+    (container,) = runtime["spec"]["containers"]
+    # vLLM labels its series model_name=<served model name>, here the InferenceService's name.
+    assert "--served-model-name={{.Name}}" in container["args"]
+    (monitor,) = of_kind(objects, "PodMonitor")
+    (expression,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert expression["key"] == "serving.kserve.io/inferenceservice"
+    assert set(expression["values"]) == {
+        o["metadata"]["name"] for o in of_kind(objects, "InferenceService")
+    }
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in {p["name"] for p in container["ports"]}
+    assert endpoint["path"] == "/metrics"
