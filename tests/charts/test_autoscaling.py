@@ -313,3 +313,33 @@ def test_prometheus_scrapes_the_predictors_vllm_serves_by_its_model_name() -> No
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] in {p["name"] for p in container["ports"]}
     assert endpoint["path"] == "/metrics"
+
+
+# --- the alert when a scaler is blind -------------------------------------------------------
+
+
+def test_an_alert_fires_exactly_when_a_scalers_series_is_missing() -> None:
+    objects = rendered("gpu")
+    (rule_set,) = of_kind(objects, "PrometheusRule")
+    (group,) = rule_set["spec"]["groups"]
+    rules = {r["labels"]["component"]: r for r in group["rules"]}
+    keda = scaled_objects(objects)
+    assert set(rules) == set(keda) == {"generation", "guardrail"}
+    for name, rule in rules.items():
+        assert rule["alert"] == "AtalayaScalingMetricsMissing"
+        queue = next(t for t in keda[name]["spec"]["triggers"] if t["name"] == "queue-depth")
+        # The scaler's own query: the alert and KEDA's failed reads are the same event.
+        assert rule["expr"] == f"absent({queue['metadata']['query']})"
+        assert rule["for"] == "5m"
+
+
+def test_no_alert_for_a_service_that_scales_to_zero() -> None:
+    values = merge(
+        profile_values("gpu"), {"services": {"generation": {"keda": {"scaleToZero": True}}}}
+    )
+    (rule_set,) = of_kind(render(values), "PrometheusRule")
+    components = {r["labels"]["component"] for r in rule_set["spec"]["groups"][0]["rules"]}
+    assert components == {"guardrail"}
+    assert not of_kind(
+        render({"telemetry": {"prometheusRule": {"enabled": True}}}), "PrometheusRule"
+    )

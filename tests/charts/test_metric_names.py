@@ -266,6 +266,8 @@ def test_the_artifacts_use_only_exported_names_and_labels(exported: Series) -> N
     uses = all_uses()
     wheres = {u.where.split(":")[0] for u in uses}
     assert {"atalaya.json", "gpu", "keda-everywhere-to-zero", "active-requests"} <= wheres
+    kinds = {u.where.split(": ")[1].split()[0] for u in uses if not u.where.endswith(".json")}
+    assert kinds >= {"ScaledObject", "HPA", "PrometheusRule"}
     assert [p for use in uses for p in problems(use, exported)] == []
 
 
