@@ -63,6 +63,8 @@ METRIC_GUARD_VERDICTS = "atalaya.guardrail.verdicts"
 METRIC_GUARD_DETECTOR_RESULTS = "atalaya.guardrail.detector.results"
 METRIC_GUARD_DETECTOR_DURATION = "atalaya.guardrail.detector.duration"  # ms
 METRIC_GUARD_FAIL_MODE = "atalaya.guardrail.fail_mode"  # fail-mode activations
+METRIC_GUARD_QUEUE_DEPTH = "atalaya.guardrail.queue.depth"  # waiting for a detector's model
+METRIC_GUARD_IN_FLIGHT = "atalaya.guardrail.in_flight"  # classifications being decided
 
 # --- gateway ----------------------------------------------------------------
 ATALAYA_TEMPLATE_NAME = "atalaya.prompt_template.name"

@@ -22,7 +22,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from services.common import semconv
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
@@ -90,8 +91,7 @@ def _guard_role(value: str, field: str) -> GuardRole:
 
 
 class _Metrics:
-    def __init__(self) -> None:
-        m = meter()
+    def __init__(self, m: metrics.Meter) -> None:
         self.verdicts = m.create_counter(
             semconv.METRIC_GUARD_VERDICTS,
             description="Classification verdicts, by verdict, category, deciding detector "
@@ -118,18 +118,43 @@ class GuardrailCore:
         detectors: Mapping[DetectorName, Detector],
         policies: Mapping[str, Policy],
         settings: GuardrailSettings,
+        *,
+        meter_: metrics.Meter | None = None,
     ) -> None:
         self._detectors = dict(detectors)
         self._policies = dict(policies)
         self._settings = settings
         self._inflight = 0
-        self._metrics = _Metrics()
+        m = meter_ or meter()
+        self._metrics = _Metrics(m)
+        # What the guardrail scales on (a GPU's load shows in neither CPU nor memory).
+        m.create_observable_gauge(
+            semconv.METRIC_GUARD_QUEUE_DEPTH,
+            callbacks=[self._observe_queue],
+            unit="{request}",
+            description="Requests waiting for a detector's model, by detector.",
+        )
+        m.create_observable_gauge(
+            semconv.METRIC_GUARD_IN_FLIGHT,
+            callbacks=[self._observe_in_flight],
+            unit="{request}",
+            description="Classifications being decided now.",
+        )
         if settings.default_policy not in self._policies:
             raise ValueError(f"default_policy {settings.default_policy!r} is not configured")
         for policy in self._policies.values():
             missing = [d.value for d in policy.detectors if d not in self._detectors]
             if missing:
                 raise ValueError(f"policy {policy.name!r} uses detectors not loaded: {missing}")
+
+    def _observe_queue(self, _options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(d.queue_depth(), {semconv.ATALAYA_GUARD_DETECTOR: name.value})
+            for name, d in self._detectors.items()
+        ]
+
+    def _observe_in_flight(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(self._inflight)]
 
     @property
     def policies(self) -> Mapping[str, Policy]:

@@ -91,6 +91,11 @@ class Detector(abc.ABC):
     async def ready(self) -> bool:
         return True
 
+    def queue_depth(self) -> int:
+        """Requests waiting for this detector's model (an autoscaling signal); 0 for a
+        detector that runs in the request's own task."""
+        return 0
+
     async def check(self, guard_input: GuardInput) -> None:  # noqa: B027 - optional hook
         """Raise InvalidArgument when the input is outside this detector's limits;
         called for every detector a run may reach, before any runs."""

@@ -110,6 +110,8 @@ RENDERINGS: tuple[str, ...] = (*PROFILES, *OPTIONS)
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_v1_servicemonitor.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_v1_podmonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_v1_prometheusrule.json",
     ("serving.kserve.io/v1beta1", "InferenceService"): (
         "serving.kserve.io_v1beta1_inferenceservice.json"
     ),

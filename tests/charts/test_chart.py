@@ -342,69 +342,7 @@ def test_headless_services_for_grpc_backends() -> None:
             assert s["spec"]["ports"][0]["appProtocol"] == "grpc"
 
 
-# --- autoscaling and monitoring -------------------------------------------------------------
-
-
-@pytest.mark.parametrize("profile", PROFILE_NAMES)
-def test_autoscalers_match_the_profile(profile: str) -> None:
-    values = effective_values(profile_values(profile))
-    objects = rendered(profile)
-    hpa = {component(h): h for h in of_kind(objects, "HorizontalPodAutoscaler")}
-    keda = {component(s) for s in of_kind(objects, "ScaledObject")}
-    for name in SERVICES:
-        svc = values["services"][name]
-        assert (name in hpa) == svc["autoscaling"]["enabled"], name
-        assert (name in keda) == (name == "generation" and svc["keda"]["enabled"]), name
-    for h in hpa.values():
-        cpu = h["spec"]["metrics"][0]["resource"]
-        assert cpu["name"] == "cpu"
-        assert cpu["target"]["averageUtilization"] > 0
-    scaled = {component(d) for d in of_kind(objects, "Deployment") if "replicas" not in d["spec"]}
-    assert scaled == set(hpa) | keda
-    if profile == "dev":
-        assert not hpa
-        assert not keda
-        assert all(d["spec"].get("replicas") == 1 for d in of_kind(objects, "Deployment"))
-
-
-def test_keda_scales_generation_on_its_queue() -> None:
-    (scaled,) = of_kind(rendered("gpu"), "ScaledObject")
-    spec = scaled["spec"]
-    assert spec["scaleTargetRef"]["name"] == "atalaya-generation"
-    assert spec["minReplicaCount"] == 1
-    assert spec["maxReplicaCount"] == 8
-    assert spec["fallback"] == {"failureThreshold": 3, "replicas": 2}
-    queries = {t["name"]: t["metadata"]["query"] for t in spec["triggers"]}
-    assert "atalaya_generation_queue_depth" in queries["queue-depth"]
-    assert "atalaya_generation_in_flight" in queries["in-flight"]
-    assert 'service="atalaya-generation-headless"' in queries["queue-depth"]
-
-    values = merge(
-        profile_values("gpu"), {"services": {"generation": {"keda": {"scaleToZero": True}}}}
-    )
-    (to_zero,) = of_kind(render(values), "ScaledObject")
-    assert to_zero["spec"]["minReplicaCount"] == 0
-    wake = next(t for t in to_zero["spec"]["triggers"] if t["name"] == "gateway-active")
-    assert "atalaya_rpc_server_active_requests" in wake["metadata"]["query"]
-
-
-def test_keda_and_hpa_together_are_refused() -> None:
-    both = {
-        "services": {"generation": {"keda": {"enabled": True}, "autoscaling": {"enabled": True}}}
-    }
-    with pytest.raises(helm.HelmError, match="enable one"):
-        render(both)
-
-
-def test_in_flight_rpcs_metric_is_opt_in() -> None:
-    on = {"services": {"gateway": {"autoscaling": {"activeRequests": {"enabled": True}}}}}
-    hpa = next(
-        h for h in of_kind(render(on), "HorizontalPodAutoscaler") if component(h) == "gateway"
-    )
-    pods = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
-    assert pods[0]["pods"]["metric"]["name"] == "atalaya_rpc_server_active_requests"
-    default = of_kind(rendered("default"), "HorizontalPodAutoscaler")
-    assert all(len(h["spec"]["metrics"]) == 1 for h in default)
+# --- monitoring (autoscaling: test_autoscaling.py) ------------------------------------------
 
 
 def test_service_monitors_scrape_the_metrics_port() -> None:

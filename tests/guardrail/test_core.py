@@ -6,10 +6,15 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
+from services.common import semconv
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
+from services.engines.sim import LatencyDistribution, SimConfig, SimEngine
 from services.guardrail.config import GuardrailSettings
 from services.guardrail.core import ClassifyCall, GuardrailCore
+from services.guardrail.detectors.llama_guard import LlamaGuardDetector
 from services.guardrail.domain import Detector, DetectorName, DetectorResult, GuardInput, Verdict
 from services.guardrail.policy import ExecutionMode, FailMode, Override, resolve_policies
 from services.guardrail.protocol import ALL_CODES, PRIVACY
@@ -236,6 +241,92 @@ async def test_more_than_max_inflight_is_resource_exhausted() -> None:
         await core.classify(ask())
     hold.set()
     assert all(o.verdict is Verdict.SAFE for o in await asyncio.gather(*first))
+
+
+@pytest.fixture
+def reader(monkeypatch: pytest.MonkeyPatch) -> InMemoryMetricReader:
+    """A reader whose provider records (the suite runs with OTEL_SDK_DISABLED)."""
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    return InMemoryMetricReader()
+
+
+def gauges(reader: InMemoryMetricReader, name: str) -> dict[str, int]:
+    """The gauge's values now, by its detector attribute ("" for none)."""
+    data = reader.get_metrics_data()
+    found: dict[str, int] = {}
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        assert isinstance(point, NumberDataPoint)
+                        attributes = point.attributes or {}
+                        key = str(attributes.get(semconv.ATALAYA_GUARD_DETECTOR, ""))
+                        found[key] = int(point.value)
+    return found
+
+
+async def test_in_flight_classifications_and_model_queues_are_gauges(
+    reader: InMemoryMetricReader,
+) -> None:
+    class Queued(Scripted):
+        waiting = 0
+
+        def queue_depth(self) -> int:
+            return self.waiting
+
+    detectors: dict[DetectorName, Scripted] = {
+        PII: Scripted(PII, result(PII, Verdict.SAFE), covers=frozenset({PRIVACY})),
+        SEM: Scripted(SEM, result(SEM, Verdict.SAFE, confident=False)),
+        LG: Queued(LG, result(LG, Verdict.SAFE)),
+    }
+    s = GuardrailSettings()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    core = GuardrailCore(detectors, resolve_policies(s.policies), s, meter_=meter)
+    assert gauges(reader, semconv.METRIC_GUARD_IN_FLIGHT) == {"": 0}
+
+    hold = detectors[PII].hold = asyncio.Event()
+    running = [asyncio.create_task(core.classify(ask())) for _ in range(3)]
+    await async_wait_until(lambda: detectors[PII].calls == 3)
+    detectors[LG].waiting = 5  # type: ignore[attr-defined]
+    assert gauges(reader, semconv.METRIC_GUARD_IN_FLIGHT) == {"": 3}
+    assert gauges(reader, semconv.METRIC_GUARD_QUEUE_DEPTH) == {
+        "pii": 0,
+        "semantic": 0,
+        "llama_guard": 5,
+    }
+    hold.set()
+    await asyncio.gather(*running)
+    assert gauges(reader, semconv.METRIC_GUARD_IN_FLIGHT) == {"": 0}
+
+
+async def test_the_llama_guard_queue_is_its_engines_requests_waiting_for_a_slot(
+    reader: InMemoryMetricReader,
+) -> None:
+    # One slot and a first token that never comes in the test's time: the second and
+    # third classifications wait for the slot in the engine's queue.
+    engine = SimEngine(
+        SimConfig(name="guard-sim", max_concurrent_sequences=1, ttft=LatencyDistribution(3_600_000))
+    )
+    detector = LlamaGuardDetector(engine, prompt_format="chat", stand_in=True)
+    s = GuardrailSettings(
+        detectors=["llama_guard"],  # type: ignore[list-item]
+        policies={"lg": {"detectors": ["llama_guard"]}},  # type: ignore[dict-item]
+        default_policy="lg",
+    )
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    core = GuardrailCore({LG: detector}, resolve_policies(s.policies, [LG]), s, meter_=meter)
+    await core.start()
+    try:
+        calls = [asyncio.create_task(core.classify(ask())) for _ in range(3)]
+        await async_wait_until(lambda: engine.queue_depth() == 2)
+        assert gauges(reader, semconv.METRIC_GUARD_QUEUE_DEPTH) == {"llama_guard": 2}
+        assert gauges(reader, semconv.METRIC_GUARD_IN_FLIGHT) == {"": 3}
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await core.stop()
 
 
 def test_policies_from_config_extend_the_builtin_ones() -> None:

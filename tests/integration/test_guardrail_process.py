@@ -116,6 +116,9 @@ async def test_metrics_are_served_for_scraping(
     assert "atalaya_guardrail_verdicts_total{" in body
     assert "atalaya_guardrail_detector_duration_milliseconds_bucket{" in body
     assert 'atalaya_guardrail_detector="semantic"' in body
+    # The gauges the guardrail scales on (a scrape, no request running: zero).
+    assert 'atalaya_guardrail_queue_depth{atalaya_guardrail_detector="llama_guard"' in body
+    assert "\natalaya_guardrail_in_flight{" in body
 
 
 async def test_no_message_text_in_the_logs(

@@ -89,6 +89,9 @@ class LlamaGuardDetector(Detector):
     async def ready(self) -> bool:
         return await self._engine.check_health()
 
+    def queue_depth(self) -> int:
+        return self._engine.queue_depth()
+
     def request(self, guard_input: GuardInput) -> GenerationRequest:
         sampling = SamplingParams(temperature=0.0, max_tokens=self._max_tokens)
         turns, role, codes = guard_input.turns, guard_input.role, guard_input.codes
