@@ -20,6 +20,7 @@ from tests.charts.helm import (
     component,
     env_of,
     merge,
+    notes,
     of_kind,
     pod_spec,
     profile_values,
@@ -162,6 +163,14 @@ def test_an_existing_claim_is_used_as_is() -> None:
     assert of_kind(objects, "PersistentVolumeClaim") == []
     (job,) = of_kind(objects, "Job")
     assert volume(spec_of(job), "model-cache")["persistentVolumeClaim"]["claimName"] == "weights"
+
+
+def test_notes_say_where_the_weights_come_from() -> None:
+    text = notes(profile_values("gpu"))
+    assert f"Model cache: {LLAMA}, {GUARD}." in text
+    assert "app.kubernetes.io/component=model-cache" in text
+    assert "model-cache-fill" in notes(profile_values("gpu-node-cache"))
+    assert "Model cache" not in notes({})
 
 
 # --- a directory per node, filled by each pod ---------------------------------------------------
