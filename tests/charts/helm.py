@@ -103,6 +103,66 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
             "ingress": {"enabled": True, "hosts": ["atalaya.dev.test"], "tlsSecretName": "dev-tls"},
         },
     ),
+    # A GPU cluster's own choices: a per-node model cache (hostPath, filled by each pod's
+    # init container), images by digest, spread over zones, a priority class, a Recreate
+    # rollout, an extra volume, mount and init container.
+    "gpu-node-cache": (
+        "gpu",
+        {
+            "image": {"gpu": {"digest": "sha256:" + "a" * 64}},
+            "modelCache": {
+                "volume": {"type": "hostPath", "hostPath": "/var/lib/atalaya/models"},
+                "fill": {"mode": "initContainer"},
+            },
+            "services": {
+                "generation": {
+                    "gpu": {"count": 2, "shmSize": "8Gi"},
+                    "strategy": {"type": "Recreate"},
+                    "priorityClassName": "gpu-serving",
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "topology.kubernetes.io/zone",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                        }
+                    ],
+                    "extraVolumes": [{"name": "adapters", "configMap": {"name": "lora-index"}}],
+                    "extraVolumeMounts": [
+                        {"name": "adapters", "mountPath": "/etc/atalaya/adapters", "readOnly": True}
+                    ],
+                    "initContainers": [
+                        {
+                            "name": "warm-up",
+                            "image": "registry.example.com/tools/warm-up:1.2.0",
+                            "command": ["/warm-up"],
+                            "resources": {
+                                "requests": {"cpu": "10m", "memory": "16Mi"},
+                                "limits": {"cpu": "100m", "memory": "64Mi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                        }
+                    ],
+                },
+                "gateway": {
+                    "image": {"tag": "sha256:" + "b" * 64},
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "DoNotSchedule",
+                        }
+                    ],
+                },
+            },
+            "postgresql": {"image": {"digest": "sha256:" + "c" * 64}},
+        },
+    ),
 }
 #: Every rendering the tests check: the profiles, then the options.
 RENDERINGS: tuple[str, ...] = (*PROFILES, *OPTIONS)

@@ -32,7 +32,7 @@ from tests.charts.helm import (
 )
 
 PROFILE_NAMES = list(RENDERINGS)
-WORKLOADS = {"Deployment", "StatefulSet", "Pod"}
+WORKLOADS = {"Deployment", "StatefulSet", "Pod", "Job"}
 #: Services whose pods must ask for GPUs, per profile.
 GPU_SERVICES = {
     "default": set(),
@@ -52,6 +52,14 @@ def containers(obj: Obj) -> list[Obj]:
     spec = pod_spec(obj)
     assert spec is not None
     return list(spec.get("containers", [])) + list(spec.get("initContainers", []))
+
+
+def service_container(deployment: Obj) -> Obj:
+    """The one long-running container of a service's pod (init containers aside)."""
+    spec = pod_spec(deployment)
+    assert spec is not None
+    (container,) = spec["containers"]
+    return dict(container)
 
 
 # --- lint and the values schema ---------------------------------------------------------
@@ -183,11 +191,12 @@ def test_every_container_is_hardened_with_probes_and_limits(profile: str) -> Non
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][bound]), where
             image = c["image"]
-            assert re.fullmatch(r"[\w./-]+:[\w.-]+", image), where
+            assert re.fullmatch(r"[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})", image), where
             assert not image.endswith(":latest"), where
-            if obj["kind"] != "Pod":  # the `helm test` pod runs once; no probes
+        if obj["kind"] in {"Deployment", "StatefulSet"}:  # run-once pods have no probes
+            for c in spec["containers"]:
                 for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                    assert probe in c, f"{where}: {probe}"
+                    assert probe in c, f"{name}/{c['name']}: {probe}"
 
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
@@ -196,13 +205,16 @@ def test_services_use_grpc_health_probes_with_room_for_model_loading(profile: st
     for deployment in of_kind(rendered(profile), "Deployment"):
         if component(deployment) not in SERVICES:
             continue
-        (c,) = containers(deployment)
+        c = service_container(deployment)
         # With TLS the kubelet (which cannot speak TLS) asks the plaintext health listener.
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         port = ports["health"] if tls["enabled"] else ports["grpc"]
         assert ("health" in ports) == tls["enabled"]
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert c[probe]["grpc"] == {"port": port}  # empty service name: overall health
+        # Startup and liveness: the process serves (`liveness`, whatever the dependencies);
+        # readiness: the overall health (empty name), which follows the dependencies.
+        assert c["startupProbe"]["grpc"] == {"port": port, "service": "liveness"}
+        assert c["livenessProbe"]["grpc"] == {"port": port, "service": "liveness"}
+        assert c["readinessProbe"]["grpc"] == {"port": port}
         startup = c["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
         assert c["command"] == ["python3", "-m", f"services.{component(deployment)}"]
@@ -220,9 +232,12 @@ def test_gpus_only_where_the_profile_asks(profile: str) -> None:
         gpu_limits = [c["resources"]["limits"].get("nvidia.com/gpu") for c in containers(obj)]
         if any(gpu_limits):
             with_gpu.add(component(obj))
-            assert spec["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+            # No node label needed (GPU Feature Discovery may be absent): the GPU request
+            # alone places the pod on a node whose device plugin advertises GPUs.
+            assert "nodeSelector" not in spec
             assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
-            assert containers(obj)[0]["image"].startswith("ghcr.io/atalaya/gpu:")
+            ours = [c for c in containers(obj) if c["name"] != "warm-up"]  # a user's own aside
+            assert all(re.match(r"ghcr\.io/atalaya/gpu[:@]", c["image"]) for c in ours)
         else:
             assert "nvidia.com/gpu.present" not in spec.get("nodeSelector", {})
     assert with_gpu == GPU_SERVICES[profile]
@@ -352,7 +367,7 @@ def test_service_monitors_scrape_the_metrics_port() -> None:
         assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     for deployment in of_kind(rendered("gpu"), "Deployment"):
         if component(deployment) in SERVICES:
-            (c,) = containers(deployment)
+            c = service_container(deployment)
             assert {"name": "metrics", "containerPort": 9464} in c["ports"]
     for config in of_kind(rendered("gpu"), "ConfigMap"):
         if component(config) in SERVICES:
@@ -404,14 +419,22 @@ def test_secrets_only_by_reference(profile: str) -> None:
             assert "password" not in str(value).lower(), key
 
 
-def test_gpu_pods_get_the_hugging_face_token_from_its_secret() -> None:
-    for deployment in of_kind(rendered("gpu"), "Deployment"):
-        env = env_of(containers(deployment)[0])
+def test_only_the_model_downloader_gets_the_hugging_face_token() -> None:
+    """GPU profile: the model cache's Job downloads (with the token); the GPU pods read the
+    cache offline and get no token. Without the cache, the GPU pods download themselves."""
+    objects = rendered("gpu")
+    token = {"name": "hf-token", "key": "HF_TOKEN"}
+    (job,) = of_kind(objects, "Job")
+    (filler,) = containers(job)
+    assert env_of(filler)["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == token
+    for deployment in of_kind(objects, "Deployment"):
+        for c in containers(deployment):
+            assert "HF_TOKEN" not in env_of(c), deployment["metadata"]["name"]
+    no_cache = merge(profile_values("gpu"), {"modelCache": {"enabled": False}})
+    for deployment in of_kind(render(no_cache), "Deployment"):
+        env = env_of(service_container(deployment))
         if component(deployment) in GPU_SERVICES["gpu"]:
-            assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-                "name": "hf-token",
-                "key": "token",
-            }
+            assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == token
         else:
             assert "HF_TOKEN" not in env
 

@@ -1,11 +1,14 @@
-"""k8s/: the KServe runtime and InferenceServices and the KubeRay RayService, validated
-against the vendored CRD schemas, with their embedded pod specs validated against
-Kubernetes' own; the chart overlay that points the services at KServe agrees with them."""
+"""k8s/: the KServe runtime, InferenceServices and ServiceAccount and the KubeRay RayService,
+validated against the vendored CRD schemas, with their embedded pod specs validated against
+Kubernetes' own; the chart overlay that points the services at KServe agrees with them; the
+Hugging Face token reaches KServe's storage initializer the way KServe reads it; the Ray
+proxies' ports are ones KubeRay's serve Service exposes."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,7 +16,15 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.charts.helm import KSERVE_VALUES, ROOT, Obj, validation_errors
+from tests.charts.helm import (
+    CHART,
+    KSERVE_VALUES,
+    ROOT,
+    Obj,
+    effective_values,
+    profile_values,
+    validation_errors,
+)
 
 K8S = ROOT / "k8s"
 MANIFESTS = sorted(
@@ -35,6 +46,8 @@ def as_pod(name: str, spec: dict[str, Any]) -> Obj:
 
 def embedded_pods(obj: Obj) -> list[Obj]:
     """The pod specs inside a custom resource, as Pods Kubernetes' schema can check."""
+    if "spec" not in obj:  # a built-in kind without a pod (the ServiceAccount)
+        return []
     spec = obj["spec"]
     name = obj["metadata"]["name"]
     if obj["kind"] == "ServingRuntime":
@@ -74,10 +87,10 @@ def test_inference_services_run_on_the_vllm_runtime() -> None:
         assert model["modelFormat"]["name"] in formats
         assert model["storageUri"].startswith("hf://meta-llama/")
         assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        token = next(e for e in model["env"] if e["name"] == "HF_TOKEN")
-        assert "secretKeyRef" in token["valueFrom"]
         annotations = isvc["metadata"]["annotations"]
-        assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
+        # KServe 0.16+ names the mode without Knative `Standard` (RawDeployment is its
+        # deprecated alias).
+        assert annotations["serving.kserve.io/deploymentMode"] == "Standard"
     (container,) = runtimes["atalaya-vllm"]["spec"]["containers"]
     assert container["image"] == "vllm/vllm-openai:v0.11.0"
     assert "vllm.entrypoints.openai.api_server" in container["command"]
@@ -140,3 +153,60 @@ def test_ray_serve_config() -> None:
         if d.get("ray_actor_options", {}).get("num_gpus")
     }
     assert gpu_actors == {"generation", "guardrail"}
+
+
+#: KServe's storage initializer turns a Secret listed on the predictor's ServiceAccount into
+#: its HF_TOKEN variable only when the Secret has this key (pkg/credentials/hf in KServe).
+KSERVE_HF_TOKEN_KEY = "HF_TOKEN"
+
+
+def test_storage_initializer_gets_the_token_from_the_service_account() -> None:
+    """Each InferenceService that pulls from the Hub runs as a ServiceAccount of k8s/kserve
+    whose Secret is the documented one; the model container itself holds no token."""
+    objects = manifests()
+    accounts = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ServiceAccount"}
+    for isvc in (o for o in objects if o["kind"] == "InferenceService"):
+        predictor = isvc["spec"]["predictor"]
+        account = accounts[predictor["serviceAccountName"]]
+        assert account["automountServiceAccountToken"] is False
+        assert [s["name"] for s in account["secrets"]] == ["hf-token"]
+        assert "HF_TOKEN" not in {e["name"] for e in predictor["model"].get("env", [])}
+
+
+def documented_token_secrets() -> set[tuple[str, str]]:
+    """(name, key) of every `kubectl create secret generic hf-token ...` in the docs."""
+    docs = [ROOT / "k8s" / "README.md", ROOT / "charts" / "README.md", *K8S.glob("kserve/*.yaml")]
+    docs += [CHART / "values-gpu.yaml"]
+    found = set()
+    for path in docs:
+        for name, key in re.findall(
+            r"create secret generic (hf-token)\s+--from-literal=(\w+)=", path.read_text()
+        ):
+            found.add((name, key))
+    return found
+
+
+def test_one_hugging_face_secret_serves_kserve_and_the_chart() -> None:
+    """The Secret the docs tell you to create has the key KServe reads, and the chart's GPU
+    profile reads the same Secret and key."""
+    assert documented_token_secrets() == {("hf-token", KSERVE_HF_TOKEN_KEY)}
+    token = effective_values(profile_values("gpu"))["secrets"]["hfToken"]
+    assert token == {"existingSecret": "hf-token", "key": KSERVE_HF_TOKEN_KEY}
+
+
+def test_ray_proxies_are_on_ports_the_serve_service_exposes() -> None:
+    """KubeRay's serve Service exposes the head's container ports named `serve` or
+    `serve-*`: both of Ray's proxies (HTTP and gRPC) must be on such ports."""
+    (rayservice,) = [o for o in manifests() if o["kind"] == "RayService"]
+    config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    (container,) = head["containers"]
+    exposed = {
+        p["containerPort"]
+        for p in container["ports"]
+        if p["name"] == "serve" or p["name"].startswith("serve-")
+    }
+    assert config["http_options"]["port"] in exposed
+    assert config["grpc_options"]["port"] in exposed
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert named["serve-grpc"] == config["grpc_options"]["port"]

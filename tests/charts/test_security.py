@@ -58,7 +58,16 @@ AUTH = {
     "API_KEYS_FILE",
 }
 #: Which renderings run TLS, and mTLS.
-TLS = {"cpu", "gpu", "gpu-kserve", "cpu-secrets", "cpu-issuer", "gpu-exposed", "dev-auth"}
+TLS = {
+    "cpu",
+    "gpu",
+    "gpu-kserve",
+    "cpu-secrets",
+    "cpu-issuer",
+    "gpu-exposed",
+    "dev-auth",
+    "gpu-node-cache",
+}
 MUTUAL = TLS - {"dev-auth"}
 
 

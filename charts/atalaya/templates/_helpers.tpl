@@ -51,10 +51,17 @@ labels:
 {{- printf "%s-headless" (include "atalaya.componentName" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The fully qualified name of a Service of the release: <name>.<namespace>.svc.<clusterDomain>.
+Context: dict root, name. */}}
+{{- define "atalaya.serviceFqdn" -}}
+{{- printf "%s.%s.svc.%s" .name .root.Release.Namespace .root.Values.clusterDomain -}}
+{{- end -}}
+
 {{/* A gRPC target of a service. Context: dict root, component. */}}
 {{- define "atalaya.target" -}}
 {{- $svc := index .root.Values.services .component -}}
-{{- printf "dns:///%s.%s.svc.cluster.local:%d" (include "atalaya.headlessName" .) .root.Release.Namespace (int $svc.port) -}}
+{{- $host := include "atalaya.serviceFqdn" (dict "root" .root "name" (include "atalaya.headlessName" .)) -}}
+{{- printf "dns:///%s:%d" $host (int $svc.port) -}}
 {{- end -}}
 
 {{- define "atalaya.otelCollectorName" -}}
@@ -69,23 +76,47 @@ labels:
 {{- if .Values.telemetry.otlpEndpoint -}}
 {{- .Values.telemetry.otlpEndpoint -}}
 {{- else if .Values.otelCollector.enabled -}}
-{{- printf "http://%s.%s.svc.cluster.local:4317" (include "atalaya.otelCollectorName" .) .Release.Namespace -}}
+{{- printf "http://%s:4317" (include "atalaya.serviceFqdn" (dict "root" . "name" (include "atalaya.otelCollectorName" .))) -}}
 {{- end -}}
 {{- end -}}
 
-{{/* An image reference. Context: dict root, repository, tag (both may be empty). */}}
+{{/* An image reference: `<repository>@<digest>` when a digest is given (in `digest`, or as a
+tag that is one: `sha256:...`), else `<repository>:<tag>`. A tag of the form
+`<tag>@sha256:...` passes through as `<repository>:<tag>@sha256:...`.
+Context: dict repository (with its registry), tag, digest (may be empty). */}}
+{{- define "atalaya.imageRef" -}}
+{{- $digest := .digest | default "" -}}
+{{- if and (not $digest) (hasPrefix "sha256:" .tag) -}}
+{{- $digest = .tag -}}
+{{- end -}}
+{{- if $digest -}}
+{{- printf "%s@%s" .repository $digest -}}
+{{- else -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An image of the project. Context: dict root, repository, tag, digest (all may be empty
+but the repository). */}}
 {{- define "atalaya.serviceImage" -}}
 {{- $tag := .tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
-{{- printf "%s/%s:%s" .root.Values.image.registry .repository $tag -}}
+{{- $repository := printf "%s/%s" .root.Values.image.registry .repository -}}
+{{- include "atalaya.imageRef" (dict "repository" $repository "tag" $tag "digest" .digest) -}}
+{{- end -}}
+
+{{/* The GPU image (vLLM + the project). Context: root. */}}
+{{- define "atalaya.gpuImage" -}}
+{{- $gpu := .Values.image.gpu -}}
+{{- include "atalaya.serviceImage" (dict "root" . "repository" $gpu.repository "tag" $gpu.tag "digest" $gpu.digest) -}}
 {{- end -}}
 
 {{/* The image of a service: the GPU image when it runs on a GPU. Context: dict root, component. */}}
 {{- define "atalaya.image" -}}
 {{- $svc := index .root.Values.services .component -}}
 {{- if $svc.gpu.enabled -}}
-{{- include "atalaya.serviceImage" (dict "root" .root "repository" .root.Values.image.gpu.repository "tag" .root.Values.image.gpu.tag) -}}
+{{- include "atalaya.gpuImage" .root -}}
 {{- else -}}
-{{- include "atalaya.serviceImage" (dict "root" .root "repository" $svc.image.repository "tag" $svc.image.tag) -}}
+{{- include "atalaya.serviceImage" (dict "root" .root "repository" $svc.image.repository "tag" $svc.image.tag "digest" $svc.image.digest) -}}
 {{- end -}}
 {{- end -}}
 
@@ -105,7 +136,9 @@ securityContext:
   {{- toYaml .Values.securityContext | nindent 2 }}
 {{- end -}}
 
-{{/* Scheduling: GPU nodes for GPU pods, plus the component's own. Context: dict root, spec. */}}
+{{/* Scheduling: GPU nodes for GPU pods, plus the component's own node selector, tolerations,
+affinity, topology spread (a constraint without a labelSelector gets the component's pod
+labels) and priority class. Context: dict root, spec, component. */}}
 {{- define "atalaya.scheduling" -}}
 {{- $gpu := and (hasKey .spec "gpu") .spec.gpu.enabled -}}
 {{- $nodeSelector := deepCopy (default dict .spec.nodeSelector) -}}
@@ -128,6 +161,21 @@ tolerations:
 {{- with .spec.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- $spread := list -}}
+{{- range $constraint := default list .spec.topologySpreadConstraints -}}
+{{- $c := deepCopy $constraint -}}
+{{- if not (hasKey $c "labelSelector") -}}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" (include "atalaya.selectorLabels" (dict "root" $.root "component" $.component) | fromYaml)) -}}
+{{- end -}}
+{{- $spread = append $spread $c -}}
+{{- end -}}
+{{- with $spread }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .spec.priorityClassName }}
+priorityClassName: {{ . }}
 {{- end }}
 {{- end -}}
 
@@ -155,10 +203,14 @@ the NetworkPolicies and the services' targets come from. `to` is a service or "p
 {{- toJson (dict "edges" $edges) -}}
 {{- end -}}
 
-{{/* The gRPC health check of one probe. Context: dict port, probe (period, thresholds). */}}
+{{/* The gRPC health check of one probe. Context: dict port, service (the grpc.health.v1
+service name; empty: the server's overall health), probe (period, thresholds). */}}
 {{- define "atalaya.grpcProbe" -}}
 grpc:
   port: {{ .port }}
+  {{- with .service }}
+  service: {{ . }}
+  {{- end }}
 {{- range $k, $v := .probe }}
 {{ $k }}: {{ $v }}
 {{- end }}
@@ -217,7 +269,7 @@ app.kubernetes.io/part-of: atalaya
 {{/* The name a client checks a service's certificate for: the FQDN of its headless Service
 (the host of its dns:/// target). Context: dict root, component. */}}
 {{- define "atalaya.serverName" -}}
-{{- printf "%s.%s.svc.cluster.local" (include "atalaya.headlessName" .) .root.Release.Namespace -}}
+{{- include "atalaya.serviceFqdn" (dict "root" .root "name" (include "atalaya.headlessName" .)) -}}
 {{- end -}}
 
 {{/* DNS SANs of a service's certificate: its headless Service and, for the gateway, its
@@ -230,7 +282,7 @@ ClusterIP Service, each short and qualified. JSON list. Context: dict root, comp
 {{- end -}}
 {{- $names := list -}}
 {{- range $s := $services -}}
-{{- $names = concat $names (list $s (printf "%s.%s" $s $ns) (printf "%s.%s.svc" $s $ns) (printf "%s.%s.svc.cluster.local" $s $ns)) -}}
+{{- $names = concat $names (list $s (printf "%s.%s" $s $ns) (printf "%s.%s.svc" $s $ns) (include "atalaya.serviceFqdn" (dict "root" $.root "name" $s))) -}}
 {{- end -}}
 {{- toJson $names -}}
 {{- end -}}
@@ -413,6 +465,220 @@ reason. Context: root. */}}
 {{- end -}}
 {{- if and .Values.tls.enabled (not (or .Values.grpcRoute.backendCAConfigMap .Values.tls.caBundle.configMap)) -}}
 {{- fail "grpcRoute.backendCAConfigMap: with tls.enabled the Gateway must check the gateway's certificate; give a ConfigMap with the CA in ca.crt (e.g. a trust-manager Bundle)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The settings the chart derives for a service, as a JSON map of KEY -> value
+(ATALAYA_<SVC>_<KEY>), on top of `settings` and `commonSettings`:
+  GRACE_PERIOD_S   how long in-flight RPCs may drain after SIGTERM: the pod's
+                   terminationGracePeriodSeconds minus the preStop sleep (which runs first) and
+                   drainMarginSeconds (for releasing the engine and exiting)
+  <...>VLLM__TENSOR_PARALLEL_SIZE   for each vLLM model of a GPU service (a <...>VLLM__MODEL
+                   setting): gpu.count, so the engine spreads over every GPU the pod gets
+Both are refused when given by hand, so they cannot disagree with the pod.
+Context: dict root, component.
+*/}}
+{{- define "atalaya.derivedSettings" -}}
+{{- $svc := index .root.Values.services .component -}}
+{{- $given := merge (deepCopy $svc.settings) .root.Values.commonSettings -}}
+{{- $out := dict -}}
+{{- if hasKey $given "GRACE_PERIOD_S" -}}
+{{- fail (printf "services.%s: GRACE_PERIOD_S is derived from terminationGracePeriodSeconds, preStopSleepSeconds and drainMarginSeconds; set those instead" .component) -}}
+{{- end -}}
+{{- $drain := sub (int $svc.terminationGracePeriodSeconds) (add (int $svc.preStopSleepSeconds) (int $svc.drainMarginSeconds)) -}}
+{{- if lt $drain 1 -}}
+{{- fail (printf "services.%s: terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds (%d) + drainMarginSeconds (%d), or nothing is left for draining" .component (int $svc.terminationGracePeriodSeconds) (int $svc.preStopSleepSeconds) (int $svc.drainMarginSeconds)) -}}
+{{- end -}}
+{{- $_ := set $out "GRACE_PERIOD_S" (toString $drain) -}}
+{{- if $svc.gpu.enabled -}}
+{{- range $key, $value := $given -}}
+{{- if hasSuffix "VLLM__MODEL" $key -}}
+{{- $tp := printf "%sTENSOR_PARALLEL_SIZE" (trimSuffix "MODEL" $key) -}}
+{{- if hasKey $given $tp -}}
+{{- fail (printf "services.%s: %s is derived from gpu.count; set gpu.count instead" $.component $tp) -}}
+{{- end -}}
+{{- $_ := set $out $tp (toString (int $svc.gpu.count)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* The ConfigMap of environment variables of one service, from values, the call graph and
+the derived settings. Context: dict root, component. */}}
+{{- define "atalaya.serviceConfigMap" -}}
+{{- $root := .root -}}
+{{- $name := .component -}}
+{{- $svc := index $root.Values.services $name -}}
+{{- $prefix := printf "ATALAYA_%s_" (upper $name) -}}
+{{- $otlp := include "atalaya.otlpEndpoint" $root -}}
+{{- $settings := merge (include "atalaya.derivedSettings" . | fromJson) (deepCopy $svc.settings) $root.Values.commonSettings -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  {{- include "atalaya.metadata" . | nindent 2 }}
+data:
+  {{- range $key, $value := $settings }}
+  {{ printf "%s%s" $prefix $key }}: {{ $value | toString | quote }}
+  {{- end }}
+  {{ $prefix }}HOST: "0.0.0.0"
+  {{ $prefix }}PORT: {{ $svc.port | quote }}
+  {{- range $edge := (include "atalaya.edges" $root | fromJson).edges }}
+  {{- if and (eq $edge.from $name) (ne $edge.to "postgresql") }}
+  {{ printf "%s%s__TARGET" $prefix (upper $edge.to) }}: {{ include "atalaya.target" (dict "root" $root "component" $edge.to) | quote }}
+  {{- end }}
+  {{- end }}
+  {{- range $key, $value := include "atalaya.securityEnv" . | fromJson }}
+  {{ $key }}: {{ $value | quote }}
+  {{- end }}
+  {{- if and (eq $name "memory") $root.Values.postgresql.enabled }}
+  {{- /* libpq keyword DSN without the password: PGPASSWORD comes from the Secret. */}}
+  {{- $host := include "atalaya.serviceFqdn" (dict "root" $root "name" (include "atalaya.postgresqlName" $root)) }}
+  ATALAYA_MEMORY_DSN: {{ printf "host=%s port=%d dbname=%s user=%s" $host (int $root.Values.postgresql.port) $root.Values.postgresql.database $root.Values.postgresql.username | quote }}
+  {{- end }}
+  OTEL_SERVICE_NAME: {{ printf "atalaya-%s" $name | quote }}
+  OTEL_LOGS_EXPORTER: "none"
+  {{- if $otlp }}
+  OTEL_TRACES_EXPORTER: "otlp"
+  OTEL_EXPORTER_OTLP_ENDPOINT: {{ $otlp | quote }}
+  OTEL_EXPORTER_OTLP_PROTOCOL: "grpc"
+  OTEL_TRACES_SAMPLER: "parentbased_traceidratio"
+  OTEL_TRACES_SAMPLER_ARG: {{ $root.Values.telemetry.traceSampleRatio | quote }}
+  {{- else }}
+  OTEL_TRACES_EXPORTER: "none"
+  {{- end }}
+  {{- if $root.Values.telemetry.metrics.enabled }}
+  OTEL_METRICS_EXPORTER: "prometheus"
+  OTEL_EXPORTER_PROMETHEUS_HOST: "0.0.0.0"
+  OTEL_EXPORTER_PROMETHEUS_PORT: {{ $root.Values.telemetry.metrics.port | quote }}
+  {{- else }}
+  OTEL_METRICS_EXPORTER: "none"
+  {{- end }}
+  {{- range $key, $value := merge (deepCopy $svc.env) $root.Values.commonEnv }}
+  {{ $key }}: {{ $value | toString | quote }}
+  {{- end }}
+{{- end -}}
+
+{{/*
+The model cache (modelCache): a Hugging Face hub cache on a volume, filled once (by a Job, or
+by an init container of each pod) and mounted read-only by the services that list
+`cachedModels`; they load the weights from it offline (HF_HUB_CACHE, HF_HUB_OFFLINE=1).
+*/}}
+
+{{/* Whether a service reads its models from the cache. Context: dict root, component. */}}
+{{- define "atalaya.usesModelCache" -}}
+{{- $svc := index .root.Values.services .component -}}
+{{- if and .root.Values.modelCache.enabled $svc.cachedModels -}}true{{- end -}}
+{{- end -}}
+
+{{/* Every model of the cache, sorted and without repeats, as a JSON list. Context: root. */}}
+{{- define "atalaya.cachedModels" -}}
+{{- $models := list -}}
+{{- range $name, $svc := .Values.services -}}
+{{- $models = concat $models (default list $svc.cachedModels) -}}
+{{- end -}}
+{{- toJson (dict "models" ($models | uniq | sortAlpha)) -}}
+{{- end -}}
+
+{{/* The cache's PersistentVolumeClaim. Context: root. */}}
+{{- define "atalaya.modelCacheClaim" -}}
+{{- .Values.modelCache.volume.existingClaim | default (include "atalaya.componentName" (dict "root" . "component" "model-cache")) -}}
+{{- end -}}
+
+{{/* The cache volume. Context: dict root, readOnly. */}}
+{{- define "atalaya.modelCacheVolume" -}}
+{{- $volume := .root.Values.modelCache.volume -}}
+- name: model-cache
+{{- if eq $volume.type "hostPath" }}
+  hostPath:
+    path: {{ $volume.hostPath }}
+    type: Directory
+{{- else }}
+  persistentVolumeClaim:
+    claimName: {{ include "atalaya.modelCacheClaim" .root }}
+    {{- if .readOnly }}
+    readOnly: true
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* A container that fills the cache or waits for it (files/model_cache.py). Context: dict
+root, mode (fill | wait), models (list), image. */}}
+{{- define "atalaya.modelCacheContainer" -}}
+{{- $cache := .root.Values.modelCache -}}
+{{- $fill := eq .mode "fill" -}}
+- name: {{ ternary "model-cache-fill" "model-cache-wait" $fill }}
+  image: {{ .image | quote }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command:
+    - python3
+    - -c
+    - {{ .root.Files.Get "files/model_cache.py" | quote }}
+    - {{ .mode }}
+    {{- range .models }}
+    - {{ . | quote }}
+    {{- end }}
+  env:
+    - name: HF_HUB_CACHE
+      value: {{ $cache.mountPath | quote }}
+    {{- if $fill }}
+    - name: HF_HOME
+      value: /tmp/huggingface
+    - name: HF_HUB_OFFLINE
+      value: "0"
+    - name: HF_HUB_DISABLE_TELEMETRY
+      value: "1"
+    {{- /* The download's chunk cache (up to 10 GB) on the volume, not in the pod. */}}
+    - name: HF_XET_CACHE
+      value: {{ printf "%s/.xet" $cache.mountPath | quote }}
+    - name: ATALAYA_MODEL_CACHE_IGNORE
+      value: {{ join "," $cache.fill.ignorePatterns | quote }}
+    {{- with .root.Values.secrets.hfToken.existingSecret }}
+    - name: HF_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ . }}
+          key: {{ $.root.Values.secrets.hfToken.key }}
+    {{- end }}
+    {{- else }}
+    - name: ATALAYA_MODEL_CACHE_WAIT_S
+      value: {{ $cache.waitTimeoutSeconds | quote }}
+    {{- end }}
+  resources:
+    {{- toYaml (ternary $cache.fill.resources $cache.waitResources $fill) | nindent 4 }}
+  {{- include "atalaya.containerSecurity" .root | nindent 2 }}
+  volumeMounts:
+    - name: model-cache
+      mountPath: {{ $cache.mountPath }}
+      {{- if not $fill }}
+      readOnly: true
+      {{- end }}
+    - name: tmp
+      mountPath: /tmp
+{{- end -}}
+
+{{/* Settings of the cache that only make sense together. Context: root. */}}
+{{- define "atalaya.checkModelCache" -}}
+{{- $cache := .Values.modelCache -}}
+{{- if $cache.enabled -}}
+{{- if not (include "atalaya.cachedModels" . | fromJson).models -}}
+{{- fail "modelCache.enabled: no service lists cachedModels; name the models of services.<svc>.cachedModels, or turn the cache off" -}}
+{{- end -}}
+{{- if and (eq $cache.volume.type "hostPath") (eq $cache.fill.mode "job") -}}
+{{- fail "modelCache.fill.mode job fills one volume once; a hostPath cache is one per node: use fill.mode initContainer" -}}
+{{- end -}}
+{{- range $name, $svc := .Values.services -}}
+{{- if $svc.cachedModels -}}
+{{- $repos := list -}}
+{{- range $svc.cachedModels -}}{{- $repos = append $repos (splitList "@" . | first) -}}{{- end -}}
+{{- range $key, $value := $svc.settings -}}
+{{- if and (hasSuffix "VLLM__MODEL" $key) (not (has (toString $value) $repos)) -}}
+{{- fail (printf "services.%s.cachedModels: the cache would not hold %s (settings.%s), which the service loads offline; list it" $name $value $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
