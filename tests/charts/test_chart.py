@@ -11,6 +11,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
+from services.common.server import LIVENESS
 from tests.charts.helm import (
     CHART,
     NAMESPACE,
@@ -212,8 +213,8 @@ def test_services_use_grpc_health_probes_with_room_for_model_loading(profile: st
         assert ("health" in ports) == tls["enabled"]
         # Startup and liveness: the process serves (`liveness`, whatever the dependencies);
         # readiness: the overall health (empty name), which follows the dependencies.
-        assert c["startupProbe"]["grpc"] == {"port": port, "service": "liveness"}
-        assert c["livenessProbe"]["grpc"] == {"port": port, "service": "liveness"}
+        assert c["startupProbe"]["grpc"] == {"port": port, "service": LIVENESS}
+        assert c["livenessProbe"]["grpc"] == {"port": port, "service": LIVENESS}
         assert c["readinessProbe"]["grpc"] == {"port": port}
         startup = c["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
