@@ -40,6 +40,7 @@ from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "lock.txt"
@@ -131,7 +132,11 @@ def write_stub_wheel(metadata: Metadata, folder: Path) -> Path:
     """A wheel with no code whose METADATA declares exactly `metadata`."""
     escaped = re.sub(r"[-_.]+", "_", metadata["name"])
     dist_info = f"{escaped}-{metadata['version']}.dist-info"
-    lines = ["Metadata-Version: 2.1", f"Name: {metadata['name']}", f"Version: {metadata['version']}"]
+    lines = [
+        "Metadata-Version: 2.1",
+        f"Name: {metadata['name']}",
+        f"Version: {metadata['version']}",
+    ]
     if metadata.get("requires_python"):
         lines.append(f"Requires-Python: {metadata['requires_python']}")
     lines += [f"Provides-Extra: {extra}" for extra in metadata.get("provides_extra") or []]
@@ -160,7 +165,11 @@ def _pip_environment() -> dict[str, str]:
 
 
 def dry_run(
-    requirements: list[str], constraints: Path | None, *, find_links: Path | None, offline: bool
+    requirements: list[str],
+    constraints: Path | None,
+    *,
+    find_links: tuple[Path, ...] = (),
+    offline: bool,
 ) -> Resolution:
     """`pip install --dry-run --ignore-installed --report` of `requirements`: nothing is
     installed, the report lists what would be."""
@@ -170,8 +179,8 @@ def dry_run(
         command += ["--ignore-installed", "--no-cache-dir", "--report", str(report_path)]
         if offline:
             command.append("--no-index")
-        if find_links is not None:
-            command += ["--find-links", str(find_links)]
+        for folder in find_links:
+            command += ["--find-links", str(folder)]
         if constraints is not None:
             command += ["-c", str(constraints)]
         done = subprocess.run(  # noqa: PLW1510 (the return code is read below)
@@ -197,13 +206,13 @@ def resolve_offline(
     folder.mkdir(parents=True, exist_ok=True)
     for item in [project_metadata(), *metadata]:
         write_stub_wheel(item, folder)
-    return dry_run(requirements, constraints, find_links=folder, offline=True)
+    return dry_run(requirements, constraints, find_links=(folder,), offline=True)
 
 
 def resolve_online(image: str, vllm_version: str, constraints: Path) -> Resolution:
     """The same resolve against the package index: the project from this checkout."""
     requirements = [f"{ROOT}[{','.join(IMAGES[image])}]", f"vllm=={vllm_version}"]
-    return dry_run(requirements, constraints, find_links=None, offline=False)
+    return dry_run(requirements, constraints, offline=False)
 
 
 def report_metadata(report: dict[str, Any]) -> list[Metadata]:
@@ -215,6 +224,56 @@ def report_metadata(report: dict[str, Any]) -> list[Metadata]:
         if canonicalize_name(item["metadata"]["name"]) != "atalaya"
     ]
     return sorted(out, key=lambda m: canonicalize_name(m["name"]))
+
+
+def active_requirements(
+    packages: list[Metadata], roots: list[str]
+) -> list[tuple[str, Requirement]]:
+    """(who asks, requirement) for every requirement that applies on `TARGET_ENVIRONMENT`,
+    walking from `roots` through the packages' metadata with the extras each one is asked for.
+    Not a resolver: it reads one version of each package, the one the set pins."""
+    by_name = {canonicalize_name(m["name"]): m for m in packages}
+    todo: list[tuple[str, str]] = []
+    for text in roots:
+        req = Requirement(text)
+        todo += [(canonicalize_name(req.name), e) for e in ["", *sorted(req.extras)]]
+    seen: set[tuple[str, str]] = set()
+    out: list[tuple[str, Requirement]] = []
+    while todo:
+        name, extra = todo.pop()
+        if (name, extra) in seen or name not in by_name:
+            continue
+        seen.add((name, extra))
+        for text in by_name[name].get("requires_dist") or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate(
+                {**TARGET_ENVIRONMENT, "extra": extra}
+            ):
+                continue
+            out.append((name, req))
+            dep = canonicalize_name(req.name)
+            todo += [(dep, e) for e in ["", *sorted(req.extras)]]
+    return out
+
+
+def unforced_divergences(
+    gpu: dict[str, str], lock: dict[str, str], requirements: list[tuple[str, Requirement]]
+) -> list[str]:
+    """Packages whose GPU pin differs from the lock's although no requirement of the set
+    refuses the lock's version (a local build tag such as +cpu is not a difference)."""
+    out = []
+    for name in sorted(gpu.keys() & lock.keys()):
+        locked = Version(lock[name])
+        if Version(gpu[name]).public == locked.public:
+            continue
+        refused = any(
+            canonicalize_name(req.name) == name
+            and not req.specifier.contains(locked.public, prereleases=True)
+            for _, req in requirements
+        )
+        if not refused:
+            out.append(f"{name}: {gpu[name]} (lock: {lock[name]})")
+    return out
 
 
 # How pip names a package whose pin it cannot use: a conflict with a constraint, or no version
@@ -240,7 +299,7 @@ def derive(vllm_version: str) -> tuple[Resolution, list[str]]:
         constraints = Path(tmp) / "constraints.txt"
         while True:
             constraints.write_text("\n".join(lock_lines) + "\n")
-            result = dry_run(requirements, constraints, find_links=None, offline=False)
+            result = dry_run(requirements, constraints, offline=False)
             if result.ok:
                 return result, dropped
             pinned = {canonicalize_name(line.partition("==")[0]) for line in lock_lines}
