@@ -129,7 +129,8 @@ def _record_line(name: str, data: bytes) -> str:
 
 
 def write_stub_wheel(metadata: Metadata, folder: Path) -> Path:
-    """A wheel with no code whose METADATA declares exactly `metadata`."""
+    """A wheel with no code whose METADATA declares exactly `metadata` (written with zipfile:
+    wheel builders want a project to build, and pip needs only these three files)."""
     escaped = re.sub(r"[-_.]+", "_", metadata["name"])
     dist_info = f"{escaped}-{metadata['version']}.dist-info"
     lines = [
@@ -231,7 +232,8 @@ def active_requirements(
 ) -> list[tuple[str, Requirement]]:
     """(who asks, requirement) for every requirement that applies on `TARGET_ENVIRONMENT`,
     walking from `roots` through the packages' metadata with the extras each one is asked for.
-    Not a resolver: it reads one version of each package, the one the set pins."""
+    Not a resolver (pip resolves, above): it reads the one version of each package the set
+    pins, to answer what pip's report does not, which requirement refuses a lock pin."""
     by_name = {canonicalize_name(m["name"]): m for m in packages}
     todo: list[tuple[str, str]] = []
     for text in roots:
