@@ -177,6 +177,7 @@ def dry_run(
     with tempfile.TemporaryDirectory() as tmp:
         report_path = Path(tmp) / "report.json"
         command = [sys.executable, "-m", "pip", "install", "--isolated", "--dry-run"]
+        command.append("--disable-pip-version-check")
         command += ["--ignore-installed", "--no-cache-dir", "--report", str(report_path)]
         if offline:
             command.append("--no-index")
