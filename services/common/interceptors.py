@@ -2,7 +2,9 @@
 records per-RPC metrics (duration by status, in-flight count).
 
 Unknown exceptions become INTERNAL with a generic message; their details go to the
-log, correlated by trace id, never to the client."""
+log, correlated by trace id, never to the client. A request that does not parse
+(invalid UTF-8 in a string, a corrupt wire format) is INVALID_ARGUMENT: grpc would
+otherwise answer UNKNOWN with the parser's exception as the message."""
 
 from __future__ import annotations
 
@@ -32,6 +34,36 @@ STATUS_BY_ERROR: dict[type[errors.AtalayaError], grpc.StatusCode] = {
 }
 
 INTERNAL_MESSAGE = "internal error"
+
+
+class _Unparsed:
+    """What the handler gets instead of a request whose bytes did not parse."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def _parsing(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, returning _Unparsed instead of raising: grpc runs it before
+    any interceptor code, so the handler below turns it into INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+    message_type = getattr(deserializer, "__self__", None)  # Message.FromString
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    type_name = str(getattr(descriptor, "full_name", "the request type"))
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:  # client bytes only: DecodeError, and whatever a parser raises
+            return _Unparsed(type_name)
+
+    return parse
+
+
+def _check_parsed(request: Any) -> None:
+    if isinstance(request, _Unparsed):
+        raise errors.InvalidArgument(f"the request is not a valid {request.type_name}")
 
 
 def status_for(exc: errors.AtalayaError) -> grpc.StatusCode:
@@ -67,13 +99,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -86,6 +118,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             code = grpc.StatusCode.OK
             try:
                 await self._check_accepting(context)
+                _check_parsed(request)
                 return await behavior(request, context)
             except BaseException as exc:
                 code, message = self._classify(exc, context, method)
@@ -105,6 +138,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             code = grpc.StatusCode.OK
             try:
                 await self._check_accepting(context)
+                _check_parsed(request)
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
