@@ -186,6 +186,11 @@ class RpcStats:
             "cases": self.cases,
             "statuses": dict(self.statuses.most_common()),
             "top_reasons": dict(self.reasons.most_common(8)),
+            "rare_reasons": {  # the codes a fuzzer seldom meets: every message of them
+                k: n
+                for k, n in self.reasons.most_common()
+                if not k.startswith(("INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED"))
+            },
             "seconds": round(self.seconds, 2),
             "cases_per_s": round(self.cases / self.seconds, 1) if self.seconds else None,
             "slowest_call_s": round(self.slowest_s, 3),
