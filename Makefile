@@ -18,7 +18,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup run proto proto-check test lint format bench eval eval-guard loadtest plan lock clean run-ray
+.PHONY: help setup run proto proto-check test lint format bench eval eval-guard loadtest fuzz plan lock clean run-ray
 
 help:
 	@echo "make run     start the local stack: all five services (services/stack/stack.toml)"
@@ -30,6 +30,7 @@ help:
 	@echo "make eval    answer quality on the starter set against the running stack (EVAL_ARGS=...)"
 	@echo "make eval-guard  guardrail precision/recall/F1 per detector and policy"
 	@echo "make loadtest  short Locust run on a local stack (simulator); report in .state/loadtest/"
+	@echo "make fuzz    generated requests to every RPC of a local stack (FUZZ_CASES, FUZZ_SECONDS per RPC)"
 	@echo "make plan    capacity and cost plan from the newest loadtest summary (PLAN_ARGS=...)"
 	@echo "make lock    re-pin requirements/lock.txt from pyproject.toml"
 
@@ -96,6 +97,15 @@ eval-guard: setup
 # itself; ATALAYA_LOADTEST_BACKEND=llamacpp for the real model; LOADTEST_ARGS adds options.
 loadtest: setup proto
 	$(PY) -m loadtests.locust.run $(LOADTEST_ARGS)
+
+# Hypothesis-generated requests (loadtests/fuzz) to every RPC of every service of a stack it
+# starts itself (simulator, loopback, .state/fuzz/<UTC time>): FUZZ_CASES per RPC, at most
+# FUZZ_SECONDS per RPC; FUZZ_ARGS adds options (--seed N, --derandomize, --concurrency N,
+# --only memory.). A per-RPC table and a JSON summary; exit 1 with reproducers on a failure.
+FUZZ_CASES ?= 10000
+FUZZ_SECONDS ?= 600
+fuzz: setup proto
+	$(PY) -m loadtests.fuzz --cases $(FUZZ_CASES) --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 # The plan from the newest loadtest summary (PLAN_ARGS: --users, --peak-factor, prices...).
 plan: setup

@@ -11,7 +11,11 @@ retry delay carries it as a google.rpc.RetryInfo detail (the rich status in the
 
 With an authenticator (identity.Authenticator), every RPC of the service's own APIs
 is authenticated before its handler runs, and the handler runs as that identity
-(identity.current()); its errors map like any other."""
+(identity.current()); its errors map like any other.
+
+A request that does not parse (invalid UTF-8 in a string, a corrupt wire format) is
+INVALID_ARGUMENT: grpc would otherwise answer UNKNOWN with the parser's exception as
+the message."""
 
 from __future__ import annotations
 
@@ -44,6 +48,36 @@ STATUS_BY_ERROR: dict[type[errors.AtalayaError], grpc.StatusCode] = {
 }
 
 INTERNAL_MESSAGE = "internal error"
+
+
+class _Unparsed:
+    """What the handler gets instead of a request whose bytes did not parse."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def _parsing(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, returning _Unparsed instead of raising: grpc runs it before
+    any interceptor code, so the handler below turns it into INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+    message_type = getattr(deserializer, "__self__", None)  # Message.FromString
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    type_name = str(getattr(descriptor, "full_name", "the request type"))
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:  # client bytes only: DecodeError, and whatever a parser raises
+            return _Unparsed(type_name)
+
+    return parse
+
+
+def _check_parsed(request: Any) -> None:
+    if isinstance(request, _Unparsed):
+        raise errors.InvalidArgument(f"the request is not a valid {request.type_name}")
 
 
 def status_for(exc: errors.AtalayaError) -> grpc.StatusCode:
@@ -86,13 +120,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -107,6 +141,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 caller = await self._authenticate(method, context)
                 await self._check_accepting(context)
                 with identity.acting_as(caller):
+                    _check_parsed(request)
                     return await behavior(request, context)
             except BaseException as exc:
                 code, message = self._classify(exc, context, method)
@@ -128,6 +163,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 caller = await self._authenticate(method, context)
                 await self._check_accepting(context)
                 with identity.acting_as(caller):
+                    _check_parsed(request)
                     async for item in behavior(request, context):
                         yield item
             except BaseException as exc:

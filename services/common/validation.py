@@ -10,6 +10,10 @@ from services.common.chat import ROLES, ChatMessage
 from services.common.errors import InvalidArgument
 
 MAX_ID_CHARS = 128
+#: A chat message's author name (OpenAI's limit).
+MAX_NAME_CHARS = 64
+#: Never in text: PostgreSQL's text and jsonb cannot hold it, and no person types it.
+NUL = "\x00"
 
 
 def request_id_or_new(request_id: str) -> str:
@@ -29,6 +33,12 @@ def require_id(field: str, value: str) -> str:
     return value
 
 
+def optional_id(field: str, value: str) -> str:
+    """A name the caller may leave empty (a model, a policy, an adapter), checked
+    as an id when given, so that an error naming it stays short and printable."""
+    return require_id(field, value) if value else value
+
+
 def require_count(field: str, items: Sized, *, minimum: int, maximum: int) -> None:
     n = len(items)
     if n < minimum:
@@ -42,19 +52,23 @@ def require_text(field: str, text: str, *, max_chars: int, allow_empty: bool = F
         raise InvalidArgument(f"{field} is empty")
     if len(text) > max_chars:
         raise InvalidArgument(f"{field} is longer than {max_chars} characters ({len(text)})")
+    if NUL in text:
+        raise InvalidArgument(f"{field} contains a NUL character")
     return text
 
 
 def require_messages(
     field: str, messages: Sequence[ChatMessage], *, max_messages: int, max_chars: int
 ) -> None:
-    """One message or more, each with a known role and content of at most `max_chars`
-    (empty content is allowed: a tool or assistant message may have none)."""
+    """One message or more, each with a known role, content of at most `max_chars`
+    (empty content is allowed: a tool or assistant message may have none) and a
+    name of at most MAX_NAME_CHARS."""
     require_count(field, messages, minimum=1, maximum=max_messages)
     for i, m in enumerate(messages):
         if m.role not in ROLES:
             raise InvalidArgument(f"{field}[{i}].role is required")
         require_text(f"{field}[{i}].content", m.content, max_chars=max_chars, allow_empty=True)
+        require_text(f"{field}[{i}].name", m.name, max_chars=MAX_NAME_CHARS, allow_empty=True)
 
 
 def require_range(field: str, value: float, *, minimum: float, maximum: float) -> None:
@@ -77,4 +91,6 @@ def require_metadata(field: str, metadata: Mapping[str, str]) -> dict[str, str]:
             raise InvalidArgument(
                 f"{field}[{key!r}] is longer than {MAX_METADATA_VALUE_CHARS} characters"
             )
+        if NUL in key or NUL in value:
+            raise InvalidArgument(f"{field} keys and values must not contain a NUL character")
     return dict(metadata)

@@ -14,7 +14,7 @@ from services.common import semconv
 from services.common.batching import MicroBatcher
 from services.common.errors import NotFound, Unavailable
 from services.common.telemetry import meter
-from services.common.validation import require_count, require_text
+from services.common.validation import optional_id, require_count, require_text
 from services.embedding.backends.base import EmbeddingBackend
 from services.embedding.config import EmbeddingSettings
 
@@ -77,7 +77,7 @@ class EmbeddingCore:
         require_count("texts", texts, minimum=1, maximum=s.max_texts_per_call)
         for i, text in enumerate(texts):
             require_text(f"texts[{i}]", text, max_chars=s.max_chars_per_text)
-        if model and model != self._backend.name:
+        if optional_id("model", model) and model != self._backend.name:
             raise NotFound(f"model {model!r} is not served here (serving {self._backend.name!r})")
         if not self._loaded:
             raise Unavailable("model is loading")

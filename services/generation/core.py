@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -16,6 +17,7 @@ from services.common import semconv
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.telemetry import meter
 from services.common.validation import (
+    optional_id,
     require_count,
     require_messages,
     require_range,
@@ -30,6 +32,22 @@ from services.engines.base import (
     cost_usd,
 )
 from services.generation.config import GenerationSettings
+
+
+def public_model_id(model_id: str) -> str:
+    """What a client may see of an engine's model id: a hub id ("org/name") or an
+    upstream model's name as it is; of a local file or folder (the llama.cpp GGUF,
+    a vLLM model directory) or a URL, the last name alone: a path tells how the
+    machine is laid out, a URL names a host."""
+    text = model_id.strip()
+    url = "://" in text
+    if url:
+        text = text.split("://", 1)[1].partition("/")[2]
+    text = text.replace("\\", "/")
+    local = url or text.startswith(("/", "~", ".")) or text.count("/") > 1
+    if len(text) > 1 and text[1] == ":":  # a Windows drive
+        local, text = True, text[2:]
+    return PurePosixPath(text).name if local else text
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,8 @@ class GenerationCore:
     def check(self, model: str, request: GenerationRequest) -> None:
         """Raise InvalidArgument / NotFound for what the model cannot take."""
         info = self._engine.info
+        optional_id("model", model)
+        optional_id("adapter", request.adapter or "")
         if model and model != info.name:
             raise NotFound(f"model {model!r} is not served here (serving {info.name!r})")
         if (request.messages is None) == (request.prompt is None):

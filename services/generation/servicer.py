@@ -12,7 +12,7 @@ from atalaya.generation.v1 import generation_pb2, generation_pb2_grpc
 from services.common.validation import request_id_or_new
 from services.common.vocab import BACKEND, FINISH_REASON, message_from_proto
 from services.engines.base import Delta, GenerationRequest, ModelInfo, SamplingParams
-from services.generation.core import Done, GenerationCore
+from services.generation.core import Done, GenerationCore, public_model_id
 
 
 def _opt(msg: generation_pb2.SamplingParams, name: str) -> object | None:
@@ -58,7 +58,7 @@ def model_info_to_proto(info: ModelInfo, *, ready: bool) -> generation_pb2.Model
         name=info.name,
         backend=BACKEND.value(info.backend),
         simulator=info.simulator,
-        model_id=info.model_id,
+        model_id=public_model_id(info.model_id),
         context_window=info.context_window,
         default_max_tokens=info.default_max_tokens,
         adapters=[generation_pb2.AdapterInfo(name=a) for a in info.adapters],

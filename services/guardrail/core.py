@@ -28,7 +28,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from services.common import semconv
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.telemetry import meter, tracer
-from services.common.validation import require_count, require_text
+from services.common.validation import optional_id, require_count, require_text
 from services.guardrail.config import GuardrailSettings
 from services.guardrail.domain import (
     Detector,
@@ -177,7 +177,7 @@ class GuardrailCore:
     # --- request handling -------------------------------------------------------
 
     def _policy(self, call: ClassifyCall) -> Policy:
-        name = call.policy or self._settings.default_policy
+        name = optional_id("policy", call.policy) or self._settings.default_policy
         policy = self._policies.get(name)
         if policy is None:
             raise NotFound(f"policy {name!r} is not configured")

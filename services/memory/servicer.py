@@ -14,6 +14,7 @@ from atalaya.memory.v1 import memory_pb2, memory_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import identity
+from services.common.errors import InvalidArgument
 from services.common.validation import request_id_or_new
 from services.common.vocab import message_from_proto, message_to_proto
 from services.memory.core import MemoryCore
@@ -24,6 +25,15 @@ def _timestamp(dt: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(dt)
     return ts
+
+
+def _datetime(field: str, ts: Timestamp) -> datetime:
+    """`ts` as a UTC datetime; InvalidArgument when it is none (nanos outside
+    [0, 1e9), or a date outside years 1 to 9999)."""
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{field} is not a valid timestamp") from None
 
 
 def _turn(t: SessionTurn) -> memory_pb2.Turn:
@@ -195,7 +205,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def ExportFeedback(
         self, request: memory_pb2.ExportFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[memory_pb2.FeedbackRecord]:
-        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        since = _datetime("since", request.since) if request.HasField("since") else None
         records = self._core.export_feedback(
             caller=identity.current(),
             since=since,

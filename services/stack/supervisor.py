@@ -93,7 +93,18 @@ class Supervisor:
         return proc
 
     async def _pump(self, name: str, stream: asyncio.StreamReader) -> None:
-        async for raw in stream:
+        """Every line of the child's output, until it closes. A line longer than the
+        stream's buffer comes out in pieces: `async for` would end the pump there,
+        and a child whose output nobody reads blocks on its next write."""
+        while True:
+            try:
+                raw = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:  # the end, maybe without a newline
+                raw = exc.partial
+                if not raw:
+                    return
+            except asyncio.LimitOverrunError as exc:
+                raw = await stream.readexactly(exc.consumed)
             line = raw.decode(errors="replace").rstrip()
             if line:
                 self._out(format_line(name, line, pretty=self._pretty))

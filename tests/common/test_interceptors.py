@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from atalaya.common.v1 import common_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
@@ -31,6 +32,8 @@ RAISE = f"/{SERVICE}/Raise"
 STREAM = f"/{SERVICE}/Stream"
 WHOAMI = f"/{SERVICE}/Whoami"
 WHO_STREAM = f"/{SERVICE}/WhoStream"
+PARSE = f"/{SERVICE}/Parse"
+PARSE_STREAM = f"/{SERVICE}/ParseStream"
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -94,6 +97,16 @@ async def _who_stream(request: bytes, context: grpc.aio.ServicerContext) -> Asyn
     yield _who()
 
 
+async def _parse(request: common_pb2.ChatMessage, context: grpc.aio.ServicerContext) -> bytes:
+    return request.content.encode()
+
+
+async def _parse_stream(
+    request: common_pb2.ChatMessage, context: grpc.aio.ServicerContext
+) -> AsyncIterator[bytes]:
+    yield request.content.encode()
+
+
 class ProbeService(Service):
     """A Service whose start, readiness and handlers the test controls."""
 
@@ -116,6 +129,12 @@ class ProbeService(Service):
                         "Stream": grpc.unary_stream_rpc_method_handler(_stream),
                         "Whoami": grpc.unary_unary_rpc_method_handler(_whoami),
                         "WhoStream": grpc.unary_stream_rpc_method_handler(_who_stream),
+                        "Parse": grpc.unary_unary_rpc_method_handler(
+                            _parse, request_deserializer=common_pb2.ChatMessage.FromString
+                        ),
+                        "ParseStream": grpc.unary_stream_rpc_method_handler(
+                            _parse_stream, request_deserializer=common_pb2.ChatMessage.FromString
+                        ),
                     },
                 ),
             )
@@ -222,6 +241,27 @@ async def test_a_stream_failing_midway_delivers_its_items_then_the_status(
     assert info.value.code() == code
     assert info.value.details() == details
     assert "secret detail" not in str(info.value)
+
+
+#: ChatMessage.content (field 2) holding a UTF-16 surrogate; a tag with no field number.
+UNPARSEABLE = (b"\x12\x03\xed\xa0\x80", b"\x00\x01")
+
+
+@pytest.mark.parametrize("raw", UNPARSEABLE)
+async def test_a_request_that_does_not_parse_is_invalid_argument(
+    probe: tuple[ProbeService, grpc.aio.Channel], raw: bytes
+) -> None:
+    _, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await channel.unary_unary(PARSE)(raw, timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as stream:
+        async for _ in channel.unary_stream(PARSE_STREAM)(raw, timeout=5):
+            pass
+    for err in (unary.value, stream.value):
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details() == "the request is not a valid atalaya.common.v1.ChatMessage"
+    ok = common_pb2.ChatMessage(content="hé").SerializeToString()
+    assert await channel.unary_unary(PARSE)(ok, timeout=5) == "hé".encode()
 
 
 def test_status_for_follows_the_class_hierarchy() -> None:

@@ -13,6 +13,8 @@ from services.common.validation import (
     MAX_METADATA_ENTRIES,
     MAX_METADATA_KEY_CHARS,
     MAX_METADATA_VALUE_CHARS,
+    MAX_NAME_CHARS,
+    optional_id,
     request_id_or_new,
     require_count,
     require_id,
@@ -87,6 +89,22 @@ def test_require_text() -> None:
     assert str(info.value) == "texts[0] is longer than 5 characters (6)"
 
 
+def test_require_text_rejects_a_nul_character() -> None:
+    # PostgreSQL cannot store NUL in text or jsonb: it got as far as the database.
+    with pytest.raises(InvalidArgument) as info:
+        require_text("comment", "a\x00b", max_chars=5, allow_empty=True)
+    assert str(info.value) == "comment contains a NUL character"
+
+
+def test_optional_id_allows_empty_and_checks_a_given_name() -> None:
+    assert optional_id("model", "") == ""
+    assert optional_id("model", "sim") == "sim"
+    with pytest.raises(InvalidArgument, match=f"^model is longer than {MAX_ID_CHARS} characters$"):
+        optional_id("model", "m" * (1 << 20))
+    with pytest.raises(InvalidArgument, match=r"^policy contains non-printable characters$"):
+        optional_id("policy", "fast\n")
+
+
 def test_require_range() -> None:
     require_range("k", 1, minimum=1, maximum=100)
     require_range("k", 100, minimum=1, maximum=100)
@@ -131,6 +149,26 @@ def test_require_metadata_long_value_names_the_key() -> None:
     assert str(info.value) == (
         f"metadata['model'] is longer than {MAX_METADATA_VALUE_CHARS} characters"
     )
+
+
+@pytest.mark.parametrize(("key", "value"), [("k\x00", "v"), ("k", "v\x00")])
+def test_require_metadata_rejects_a_nul_character(key: str, value: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        require_metadata("metadata", {key: value})
+    assert str(info.value) == "metadata keys and values must not contain a NUL character"
+
+
+def test_require_messages_checks_content_and_name() -> None:
+    long_name = ChatMessage("user", "hi", "n" * (MAX_NAME_CHARS + 1))
+    require_messages(
+        "messages", [ChatMessage("user", "hi", "n" * MAX_NAME_CHARS)], max_messages=1, max_chars=9
+    )
+    with pytest.raises(
+        InvalidArgument, match=rf"^messages\[0\].name is longer than {MAX_NAME_CHARS}"
+    ):
+        require_messages("messages", [long_name], max_messages=1, max_chars=9)
+    with pytest.raises(InvalidArgument, match=r"^messages\[0\].content contains a NUL character$"):
+        require_messages("messages", [ChatMessage("user", "\x00")], max_messages=1, max_chars=9)
 
 
 def test_require_messages_names_the_message_at_fault() -> None:

@@ -167,6 +167,16 @@ async def test_raw_response_has_timing_phases(
             grpc.StatusCode.NOT_FOUND,
             "model 'gpt-embed' is not served here",
         ),
+        (  # never echoed back whole: a megabyte-long status message broke the call
+            {"texts": ["x"], "model": "m" * (1 << 20)},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "model is longer than 128 characters",
+        ),
+        (
+            {"texts": ["a\x00b"]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "texts[0] contains a NUL character",
+        ),
     ],
 )
 async def test_bad_requests(

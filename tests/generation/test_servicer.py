@@ -200,3 +200,23 @@ async def test_count_tokens_matches_generate_usage_and_list_models_says_simulato
     assert info.simulator and info.backend == pb.BACKEND_SIM and info.ready
     assert models.default_model == info.name
     assert "temperature" in info.supported_sampling_params
+
+
+async def test_list_models_shows_a_local_model_file_by_its_name_alone() -> None:
+    async with serving(SimConfig(model_id="/srv/atalaya/models/smollm2-135m.gguf")) as (stub, _):
+        models = await stub.ListModels(pb.ListModelsRequest())
+    assert models.models[0].model_id == "smollm2-135m.gguf"
+
+
+@pytest.mark.parametrize(("field", "value"), [("model", "m" * 100_000), ("adapter", "a\n")])
+async def test_an_overlong_or_unprintable_model_or_adapter_is_invalid(
+    field: str, value: str
+) -> None:
+    request = chat("hi")
+    setattr(request, field, value)
+    async with serving() as (stub, _):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await collect(stub, request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith(f"{field} ")
+    assert len(info.value.details() or "") < 100

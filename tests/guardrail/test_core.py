@@ -221,6 +221,13 @@ async def test_unknown_policy_is_not_found() -> None:
         await core.classify(ask(policy="nope"))
 
 
+async def test_an_overlong_policy_name_is_invalid_and_not_echoed() -> None:
+    core, _ = make_core(result(LG, Verdict.SAFE), result(SEM, Verdict.SAFE))
+    with pytest.raises(InvalidArgument) as info:
+        await core.classify(ask(policy="p" * 100_000))
+    assert str(info.value) == "policy is longer than 128 characters"
+
+
 async def test_a_detector_check_rejects_the_input_before_any_detector_runs() -> None:
     class TooLong(Scripted):
         async def check(self, guard_input: GuardInput) -> None:

@@ -233,6 +233,31 @@ async def test_append_turn_with_an_unspecified_role_is_invalid(memory: Served) -
     assert await count(memory.dsn, "sessions") == 0
 
 
+@pytest.mark.parametrize(
+    ("message", "metadata", "details"),
+    [
+        (common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="a\x00b"), {},
+         "messages[0].content contains a NUL character"),
+        (common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="a"), {"k": "\x00"},
+         "metadata keys and values must not contain a NUL character"),
+        (common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="a", name="n" * 65), {},
+         "messages[0].name is longer than 64 characters (65)"),
+    ],
+)  # fmt: skip
+async def test_append_turn_that_the_database_could_not_hold_or_too_long_a_name_is_invalid(
+    memory: Served, message: common_pb2.ChatMessage, metadata: dict[str, str], details: str
+) -> None:
+    # A NUL got as far as PostgreSQL (which cannot store one): INTERNAL; a long name was kept.
+    err = await rpc_error(
+        memory.client.append_turn(
+            user_id="ana", session_id="s1", request_id="t0", messages=[message], metadata=metadata
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == details
+    assert await count(memory.dsn, "sessions") == 0
+
+
 # --- Remember / Recall ----------------------------------------------------------
 
 FACTS = ["my dog is called rex", "I work as a nurse", "my favourite food is ramen"]
@@ -785,6 +810,22 @@ async def test_forget_tenant_erases_every_row_of_the_callers_tenant_only(
         await admin_globex.forget_tenant("globex")
         assert await tenant_counts(memory.dsn, "globex") == [0, 0, 0, 0]
         assert await tenant_counts(memory.dsn, "default") == [2, 6, 4, 2]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"), [(0, -1), (0, 1_000_000_000), (1 << 62, 0), (-(1 << 62), 0)]
+)
+async def test_export_feedback_since_an_invalid_timestamp_is_invalid(
+    memory: Served, seconds: int, nanos: int
+) -> None:
+    since = Timestamp(seconds=seconds, nanos=nanos)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in memory.stub.ExportFeedback(
+            memory_pb2.ExportFeedbackRequest(since=since), timeout=5
+        ):
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "since is not a valid timestamp"
 
 
 # --- schema migrations ----------------------------------------------------------

@@ -116,6 +116,27 @@ async def test_starts_in_order_once_each_is_serving_and_stops_in_reverse(
     ]
 
 
+async def test_a_line_longer_than_the_buffer_comes_out_whole_in_pieces(
+    children: Children,
+) -> None:
+    # Without the pieces, the pump stopped at the long line and the child blocked on
+    # its next write once the pipe was full: a service logging one long line hung.
+    size = 1 << 20
+    first = children.specs[0]
+    spec = ProcessSpec(
+        first.name, first.module, first.port, env={**first.env, "HEALTH_LONG_LINE": str(size)}
+    )
+    lines = Lines()
+    supervisor = Supervisor([spec], out=lines)
+    try:
+        await supervisor.start()
+        serving = await lines.wait_for("INFO    serving")
+    finally:
+        await supervisor.stop()
+    pieces = [line.removeprefix(f"{first.name:<10}| ") for line in lines.seen[:serving]]
+    assert "".join(p for p in pieces if set(p) == {"x"}) == "x" * size
+
+
 async def test_restarts_a_crashed_child_with_a_doubling_backoff(children: Children) -> None:
     lines = Lines()
     supervisor = Supervisor(children.specs, out=lines, first_backoff_s=0.05, max_backoff_s=0.2)

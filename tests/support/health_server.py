@@ -2,7 +2,8 @@
 grpc.health.v1 on 127.0.0.1:$HEALTH_PORT, NOT_SERVING until it has written
 "start $HEALTH_NAME <pid>" to the file $HEALTH_EVENTS, then SERVING; on SIGTERM
 it writes "stop $HEALTH_NAME" and exits 0. While the file $HEALTH_CRASH exists it
-exits with code 3 at once instead."""
+exits with code 3 at once instead. With $HEALTH_LONG_LINE=N it first prints a line
+of N "x"."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def main() -> int:
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{os.environ['HEALTH_PORT']}")
     server.start()
+    if long_line := int(os.environ.get("HEALTH_LONG_LINE") or 0):
+        print("x" * long_line, flush=True)
     note(f"start {name} {os.getpid()}")
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     print('{"level": "INFO", "msg": "serving", "ts": "2025-01-01T00:00:00.000000"}', flush=True)
