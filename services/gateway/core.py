@@ -26,7 +26,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.telemetry import meter, tracer
-from services.common.validation import require_id, require_range, require_text
+from services.common.validation import optional_id, require_id, require_range, require_text
 from services.gateway.config import GatewaySettings
 from services.gateway.moderation import Mode, StreamModerator
 from services.gateway.quotas import Quotas
@@ -262,6 +262,10 @@ class ChatCore:
         require_text("message", turn.message, max_chars=self._s.max_message_chars)
         if not turn.message.strip():
             raise InvalidArgument("message is blank")
+        # Names an error may echo (a model the generation service does not serve, a
+        # policy the guardrail does not know): checked as ids first, so the echo is short.
+        optional_id("options.model", turn.model)
+        optional_id("options.policy", turn.policy)
         if turn.max_tokens is not None:
             require_range(
                 "options.max_tokens", turn.max_tokens, minimum=1, maximum=self._s.max_output_tokens

@@ -350,6 +350,8 @@ async def test_cancelling_the_turn_aborts_generation() -> None:
         (ChatTurn("r", "u", "s", "x" * 9000), "longer than"),
         (ChatTurn("r", "u", "s", "hi", max_tokens=0), "max_tokens"),
         (ChatTurn("r", "u", "s", "hi", temperature=3.0), "temperature"),
+        (ChatTurn("r", "u", "s", "hi", model="m" * 100_000), "options.model is longer than"),
+        (ChatTurn("r", "u", "s", "hi", policy="p\x00"), "options.policy contains non-printable"),
     ],
 )
 async def test_bad_turns_are_invalid_argument(t: ChatTurn, message: str) -> None:

@@ -17,7 +17,7 @@ from services.guardrail.core import ClassifyCall, GuardrailCore
 from services.guardrail.detectors.llama_guard import LlamaGuardDetector
 from services.guardrail.domain import Detector, DetectorName, DetectorResult, GuardInput, Verdict
 from services.guardrail.policy import ExecutionMode, FailMode, Override, resolve_policies
-from services.guardrail.protocol import ALL_CODES, PRIVACY
+from services.guardrail.protocol import ALL_CODES, PRIVACY, GuardTurn
 from tests.support.polling import async_wait_until
 
 LG, SEM, PII = DetectorName.LLAMA_GUARD, DetectorName.SEMANTIC, DetectorName.PII
@@ -376,3 +376,15 @@ async def test_semantic_start_retries_a_slow_or_unavailable_embedding_service() 
     detector = SemanticDetector(flaky, exemplars, model="m", band=Band(), retry_backoff_s=0.0)
     await detector.start()
     assert await detector.ready() and flaky.failures == []
+
+
+def test_two_checks_with_one_request_id_get_their_own_engine_ids() -> None:
+    # Engines refuse a second request under an id that is still running: callers that
+    # reuse a request id must not break each other's classification.
+    detector = LlamaGuardDetector(
+        SimEngine(SimConfig(name="guard-sim")), prompt_format="chat", stand_in=True
+    )
+    guard_input = GuardInput("r1", (GuardTurn("user", "hello"),), "user", ALL_CODES)
+    first, second = detector.request(guard_input), detector.request(guard_input)
+    assert first.request_id != second.request_id
+    assert first.request_id.startswith("r1:") and second.request_id.startswith("r1:")

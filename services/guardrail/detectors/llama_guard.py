@@ -16,6 +16,7 @@ cache) reuse it. Prompt formats:
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import replace
 from typing import Literal
 
@@ -94,17 +95,20 @@ class LlamaGuardDetector(Detector):
 
     def request(self, guard_input: GuardInput) -> GenerationRequest:
         sampling = SamplingParams(temperature=0.0, max_tokens=self._max_tokens)
+        # The engine's request id is unique per check, the caller's id its prefix (for
+        # the logs): two callers that send the same request id must not collide in it.
+        engine_id = f"{guard_input.request_id}:{uuid.uuid4().hex[:12]}"
         turns, role, codes = guard_input.turns, guard_input.role, guard_input.codes
         if self._format == "chat":
             body = render_body(turns, role, codes)
             return GenerationRequest(
-                guard_input.request_id, messages=[ChatMessage("user", body)], sampling=sampling
+                engine_id, messages=[ChatMessage("user", body)], sampling=sampling
             )
         if self._renderer is not None:
             prompt = self._renderer.render(turns, role, codes)
         else:
             prompt = render_prompt(turns, role, codes)
-        return GenerationRequest(guard_input.request_id, prompt=prompt, sampling=sampling)
+        return GenerationRequest(engine_id, prompt=prompt, sampling=sampling)
 
     async def check(self, guard_input: GuardInput) -> None:
         tokens = await self._engine.count_tokens(self.request(guard_input))
