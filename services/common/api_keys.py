@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.identity import API_KEY_PREFIX, Identity
+from services.common.watch import WatchedFiles
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +115,6 @@ def _dump(keys: Iterable[ApiKey]) -> str:
     return json.dumps({"version": FORMAT_VERSION, "keys": items}, indent=2) + "\n"
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the file is replaced or rewritten (a Secret's mount swaps
-    a symlink: stat follows it, so the inode changes)."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 class ApiKeyStore:
     """The keys in `path`. `verify` re-reads the file when it has changed (checked
     at most every `check_interval_s`); a file that cannot be parsed keeps the keys
@@ -137,11 +128,8 @@ class ApiKeyStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
-        self._check_interval_s = check_interval_s
-        self._clock = clock
+        self._watch = WatchedFiles(path, check_interval_s=check_interval_s, clock=clock)
         self._keys: dict[str, ApiKey] = {}
-        self._signature: tuple[int, int, int] | None = None
-        self._checked_at: float | None = None
 
     # ------------------------------------------------------------------ reading
 
@@ -151,21 +139,14 @@ class ApiKeyStore:
         return list(self._keys.values())  # the file keeps them in the order made
 
     def _reload(self, *, force: bool = False) -> None:
-        now = self._clock()
-        if (
-            not force
-            and self._checked_at is not None
-            and now - self._checked_at < self._check_interval_s
-        ):
-            return
-        self._checked_at = now
-        signature = _signature(self.path)
-        if signature == self._signature and not force:
+        changed, signature = self._watch.poll(force=force)
+        if not changed:
             return
         if signature is None:
             if self._keys:
                 log.warning("api key file is gone: no keys", extra={"path": str(self.path)})
-            self._keys, self._signature = {}, None
+            self._keys = {}
+            self._watch.seen(None)
             return
         try:
             keys = _parse(self.path.read_text(encoding="utf-8"))
@@ -176,9 +157,10 @@ class ApiKeyStore:
                 "api key file unreadable: keeping the keys read before",
                 extra={"path": str(self.path), "reason": type(exc).__name__},
             )
-            self._signature = signature  # do not re-read it until it changes again
+            self._watch.seen(signature)  # do not re-read it until it changes again
             return
-        self._keys, self._signature = keys, signature
+        self._keys = keys
+        self._watch.seen(signature)
         log.info("api keys loaded", extra={"path": str(self.path), "count": len(keys)})
 
     def verify(self, key: str) -> tuple[ApiKey | None, str]:

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ import grpc
 from services.common import tls
 from services.common.settings import ChannelSettings
 from services.common.telemetry import client_interceptors
+from services.common.watch import WatchedFiles
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,12 @@ class ReloadingChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     def __init__(self, settings: ChannelSettings) -> None:
         self._settings = settings
-        self._paths = tls.channel_files(settings.tls)
-        self._seen = tls.file_signature(self._paths)
+        self._watch = WatchedFiles(
+            *tls.channel_files(settings.tls), check_interval_s=RELOAD_CHECK_INTERVAL_S
+        )
+        self._watch.seen_now()
         self._channel = _channel(settings, self._credentials())
         self.generation = 0
-        self._next_check = time.monotonic() + RELOAD_CHECK_INTERVAL_S
         self._replaced: list[grpc.aio.Channel] = []
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -142,17 +143,14 @@ class ReloadingChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     def current(self) -> tuple[grpc.aio.Channel, int]:
         """The channel for the next call, re-made first when the files changed."""
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._next_check = now + RELOAD_CHECK_INTERVAL_S
-            self._reload_if_changed()
+        self._reload_if_changed()
         return self._channel, self.generation
 
     def _reload_if_changed(self) -> None:
-        signature = tls.file_signature(self._paths)
-        if signature is None or signature == self._seen:
+        changed, signature = self._watch.poll()
+        if not changed or signature is None:
             return
-        self._seen = signature
+        self._watch.seen(signature)
         try:
             credentials = self._credentials()
         except tls.TLSFileError as exc:

@@ -44,6 +44,7 @@ from services.common.identity import (
 )
 from services.common.telemetry import meter
 from services.common.validation import MAX_ID_CHARS
+from services.common.watch import WatchedFiles
 
 log = logging.getLogger(__name__)
 
@@ -204,24 +205,16 @@ class FileKeys(KeySource):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._path = path
-        self._check_interval_s = check_interval_s
-        self._clock = clock
+        self._watch = WatchedFiles(path, check_interval_s=check_interval_s, clock=clock)
         self._keys: jwt.PyJWKSet | None = None
-        self._signature: tuple[int, int, int] | None = None
-        self._checked_at: float | None = None
 
     def _reload(self) -> None:
-        now = self._clock()
-        if self._checked_at is not None and now - self._checked_at < self._check_interval_s:
+        changed, signature = self._watch.poll()
+        if not changed:
             return
-        self._checked_at = now
         try:
-            st = self._path.stat()
-            signature = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if signature == self._signature:
-                return
             self._keys = jwt.PyJWKSet.from_json(self._path.read_text(encoding="utf-8"))
-            self._signature = signature
+            self._watch.seen(signature)  # unread (missing, broken): tried again next look
             log.info("jwks loaded", extra={"path": str(self._path), "count": len(self._keys.keys)})
         except (OSError, ValueError, jwt.PyJWTError) as exc:
             log.error(

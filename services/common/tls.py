@@ -30,9 +30,7 @@ certificates only to the deployment's workloads."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from services.common import topology
 from services.common.identity import AuthContext
 from services.common.settings import ChannelTLSSettings, TLSSettings
+from services.common.watch import WatchedFiles
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +103,6 @@ def load_ca(ca_file: Path) -> bytes:
     return data
 
 
-def file_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...] | None:
-    """What changes when a file is replaced or rewritten (stat follows symlinks, so
-    a Kubernetes secret volume's swap of its ..data link counts); None: one is missing."""
-    try:
-        stats = [os.stat(p) for p in paths]
-    except OSError:
-        return None
-    return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
-
-
 class CertificateReloader:
     """The server's certificate configuration, re-read when its files change."""
 
@@ -123,9 +112,10 @@ class CertificateReloader:
         self._cert_file = settings.cert_file
         self._key_file = settings.key_file
         self._ca_file = settings.ca_file if settings.mode == "mtls" else None
-        self._paths = [p for p in (self._cert_file, self._key_file, self._ca_file) if p]
+        paths = [p for p in (self._cert_file, self._key_file, self._ca_file) if p]
         self._lock = threading.Lock()
-        self._seen = file_signature(self._paths)  # the files' state last read (good or bad)
+        self._watch = WatchedFiles(*paths)  # at every handshake: a stat per file
+        self._watch.seen_now()
         self.serial = 0  # the serving certificate's serial number
         self.loads = 0
         # The first read must succeed: a service does not start without its certificate.
@@ -149,10 +139,10 @@ class CertificateReloader:
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """grpc's callback, at each handshake: a new configuration, or None (no change)."""
         with self._lock:
-            signature = file_signature(self._paths)
-            if signature is None or signature == self._seen:
+            changed, signature = self._watch.poll()
+            if not changed or signature is None:
                 return None
-            self._seen = signature
+            self._watch.seen(signature)  # good or bad: tried again once they change
             try:
                 return self._load()
             except TLSFileError as exc:
