@@ -9,7 +9,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Coroutine,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
@@ -391,7 +398,7 @@ class ChatCore:
         and its user unless the request names another that the caller may act for.
         Error messages that would name a path, host or stack frame are replaced."""
         arrived = time.perf_counter() if arrived is None else arrived
-        try:
+        with _client_safe_errors():
             who = identity.current()
             turn = replace(turn, user_id=acting_user(who, turn.user_id))
             async with contextlib.aclosing(
@@ -399,11 +406,6 @@ class ChatCore:
             ) as events:
                 async for event in events:
                     yield event
-        except AtalayaError as exc:
-            clean = _client_safe(exc)
-            if clean is exc:
-                raise
-            raise clean from None
 
     async def _chat(
         self, turn: ChatTurn, tenant: str, deadline_s: float | None, arrived: float
@@ -663,15 +665,10 @@ class ChatCore:
     ) -> bool:
         """Record feedback on a turn of the caller's user (or of a user the caller
         may act for), as chat() does."""
-        try:
+        with _client_safe_errors():
             who = identity.current()
             user_id = acting_user(who, user_id)
             return await self._feedback(who.tenant, user_id, turn_request_id, score, comment)
-        except AtalayaError as exc:
-            clean = _client_safe(exc)
-            if clean is exc:
-                raise
-            raise clean from None
 
     async def _feedback(
         self, tenant: str, user_id: str, turn_request_id: str, score: float | None, comment: str
@@ -697,6 +694,18 @@ def _client_safe(exc: AtalayaError) -> AtalayaError:
     if clean is not exc:
         log.warning("error message withheld from the client", extra={"reason": str(exc)})
     return clean
+
+
+@contextlib.contextmanager
+def _client_safe_errors() -> Iterator[None]:
+    """Domain errors leave the block with a message safe for the client (_client_safe)."""
+    try:
+        yield
+    except AtalayaError as exc:
+        clean = _client_safe(exc)
+        if clean is exc:
+            raise
+        raise clean from None
 
 
 def acting_user(who: identity.Identity, requested: str) -> str:
